@@ -1,0 +1,1 @@
+"""tgtha: Pacemaker OCF resource agents for HA iSCSI targets on tgt."""

@@ -1,0 +1,68 @@
+"""Block rules through the iptables/ip6tables commands (nft or legacy variant)."""
+from __future__ import annotations
+
+import time
+
+from ..ocf_runtime import ERR_GENERIC, ERR_INSTALLED, OCFError
+from ..proc import find_binary, run
+from . import BlockRule, Firewall
+
+
+class IptablesCommand(Firewall):
+    def __init__(self, program: str) -> None:
+        self.program = program
+        self.name = program
+
+    @classmethod
+    def create(cls, family: int, variant: str) -> IptablesCommand:
+        program = ("ip6tables" if family == 6 else "iptables") + (f"-{variant}" if variant else "")
+        if find_binary(program) is None:
+            raise OCFError(ERR_INSTALLED, f"{program} is not installed")
+        return cls(program)
+
+    def _run(self, args: list[str], deadline: float):
+        # -w: wait for the xtables lock (legacy variant) rather than fail with rc 4,
+        # bounded by what is left of the operation's timeout.
+        wait_s = max(1, int(deadline - time.monotonic()))
+        return run([self.program, "-w", str(wait_s), *args], deadline)
+
+    def count(self, rule: BlockRule, deadline: float) -> int:
+        listing = self._run(["-t", "filter", "-S", rule.chain], deadline)
+        if not listing.ok:
+            raise OCFError(ERR_GENERIC, f"{self.program} -S {rule.chain} failed: {listing.err.strip()}")
+        return sum(1 for line in listing.out.splitlines() if _comment_of(line) == rule.tag)
+
+    def insert(self, rule: BlockRule, deadline: float) -> None:
+        self._change("-I", rule, deadline)
+
+    def delete(self, rule: BlockRule, deadline: float) -> None:
+        self._change("-D", rule, deadline)
+
+    def _change(self, op: str, rule: BlockRule, deadline: float) -> None:
+        result = self._run(["-t", "filter", op, rule.chain, *rule_spec(rule)], deadline)
+        if not result.ok:
+            verb = "insert" if op == "-I" else "delete"
+            raise OCFError(ERR_GENERIC, f"{self.program}: cannot {verb} {rule}: {result.err.strip()}")
+
+
+def rule_spec(rule: BlockRule) -> list[str]:
+    """The iptables match and target arguments of ``rule``."""
+    addr, ports = ("-d", "--dports") if rule.matches_destination else ("-s", "--sports")
+    spec = ["-p", rule.protocol, addr, str(rule.network),
+            "-m", "multiport", ports, rule.ports.iptables(),
+            "-m", "comment", "--comment", rule.tag]
+    if rule.method == "drop":
+        return spec + ["-j", "DROP"]
+    if rule.protocol == "tcp":
+        return spec + ["-j", "REJECT", "--reject-with", "tcp-reset"]
+    unreachable = "icmp6-port-unreachable" if rule.family == 6 else "icmp-port-unreachable"
+    return spec + ["-j", "REJECT", "--reject-with", unreachable]
+
+
+def _comment_of(line: str) -> str:
+    """The --comment value of one ``iptables -S`` line ('' if none)."""
+    words = line.split()
+    for i, word in enumerate(words[:-1]):
+        if word == "--comment":
+            return words[i + 1].strip('"')
+    return ""

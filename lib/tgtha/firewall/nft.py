@@ -1,0 +1,68 @@
+"""Block rules in native nftables: table ``inet tgtha``, one base chain per hook.
+
+Our own table keeps our rules apart from the administrator's ruleset (a
+``drop`` in any base chain drops the packet, whatever other chains accept).
+"""
+from __future__ import annotations
+
+from ..ocf_runtime import ERR_GENERIC, ERR_INSTALLED, OCFError
+from ..proc import find_binary, run
+from . import BlockRule, Firewall
+
+TABLE = "inet tgtha"
+CHAINS = {"INPUT": ("portblock_in", "input"), "OUTPUT": ("portblock_out", "output")}
+
+
+class Nft(Firewall):
+    name = "nft"
+
+    @classmethod
+    def create(cls) -> Nft:
+        if find_binary("nft") is None:
+            raise OCFError(ERR_INSTALLED, "nft is not installed")
+        return cls()
+
+    def _handles(self, rule: BlockRule, deadline: float) -> list[str]:
+        chain = CHAINS[rule.chain][0]
+        listing = run(["nft", "-a", "list", "chain", TABLE, chain], deadline)
+        if not listing.ok:
+            if "No such file or directory" in listing.err:
+                return []  # table or chain not made yet: no rules
+            raise OCFError(ERR_GENERIC, f"nft list chain {TABLE} {chain} failed: {listing.err.strip()}")
+        wanted = f'comment "{rule.tag}"'
+        return [line.rsplit(None, 1)[-1] for line in listing.out.splitlines()
+                if wanted in line and "# handle " in line]
+
+    def count(self, rule: BlockRule, deadline: float) -> int:
+        return len(self._handles(rule, deadline))
+
+    def insert(self, rule: BlockRule, deadline: float) -> None:
+        chain, hook = CHAINS[rule.chain]
+        script = (f"add table {TABLE}; "
+                  f"add chain {TABLE} {chain} {{ type filter hook {hook} priority filter - 10; policy accept; }}; "
+                  f"insert rule {TABLE} {chain} {rule_expression(rule)}")
+        self._nft(script, f"cannot insert {rule}", deadline)
+
+    def delete(self, rule: BlockRule, deadline: float) -> None:
+        handles = self._handles(rule, deadline)
+        if handles:
+            chain = CHAINS[rule.chain][0]
+            self._nft(f"delete rule {TABLE} {chain} handle {handles[0]}", f"cannot delete {rule}", deadline)
+
+    @staticmethod
+    def _nft(script: str, what: str, deadline: float) -> None:
+        result = run(["nft", "-f", "-"], deadline, stdin=script.encode())
+        if not result.ok:
+            raise OCFError(ERR_GENERIC, f"nft: {what}: {result.err.strip()}")
+
+
+def rule_expression(rule: BlockRule) -> str:
+    """The nft rule statement of ``rule``."""
+    ip = "ip6" if rule.family == 6 else "ip"
+    side = "d" if rule.matches_destination else "s"
+    if rule.network.is_any:
+        address = f"meta nfproto {'ipv6' if rule.family == 6 else 'ipv4'}"
+    else:
+        address = f"{ip} {side}addr {rule.network}"
+    verdict = "drop" if rule.method == "drop" else "reject with tcp reset" if rule.protocol == "tcp" else "reject"
+    return f'{address} {rule.protocol} {side}port {rule.ports.nft()} {verdict} comment "{rule.tag}"'

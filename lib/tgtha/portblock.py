@@ -1,0 +1,426 @@
+"""ocf:tgtha:portblock - block and unblock ports around a service's failover.
+
+Data flow of every action: parameters are parsed into properties (a bad one
+raises OCFError(ERR_CONFIGURED)) -> the firewall backend is chosen -> the
+rules are changed under the node-wide firewall mutex -> the result is read
+back and checked -> for a TCP block, the connections on the port are closed.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from . import ocf_runtime as ocf
+from .firewall import BlockRule, Firewall, locked, select_firewall
+from .mutex import state_dir
+from .netaddr import Network, PortSet
+from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
+
+PROMOTION_SCORE_PROMOTED = "10"
+PROMOTION_SCORE_UNPROMOTED = "5"
+TRUE_WORDS = ("yes", "true", "1", "on", "y")
+FALSE_WORDS = ("no", "false", "0", "off", "n", "")
+
+
+def _flag(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise OCFError(ERR_CONFIGURED, f"{name}={value!r} is not a boolean (true/false)")
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+class Portblock(ocf.Agent):
+    NAME = "portblock"
+    PARAMETERS = {
+        "protocol": "",
+        "portno": "",
+        "action": "",
+        "ip": "0.0.0.0/0",
+        "direction": "in",
+        "method": "drop",
+        "status_check": "pseudo",
+        "firewall": "auto",
+        "close_connections": "true",
+        "reset_local_on_unblock_stop": "false",
+        "tickle_dir": "",
+        "sync_script": "",
+    }
+    ACTIONS = {**ocf.Agent.ACTIONS, "promote": "promote", "demote": "demote"}
+
+    # ------------------------------------------------------------ parameters
+
+    @property
+    def protocol(self) -> str:
+        value = self.param("protocol")
+        if value not in ("tcp", "udp"):
+            raise OCFError(ERR_CONFIGURED, f"protocol={value!r}: must be tcp or udp")
+        return value
+
+    @property
+    def ports(self) -> PortSet:
+        try:
+            return PortSet.parse(self.param("portno"))
+        except ValueError as err:
+            raise OCFError(ERR_CONFIGURED, f"portno: {err}") from None
+
+    @property
+    def network(self) -> Network:
+        try:
+            return Network.parse(self.param("ip"))
+        except ValueError as err:
+            raise OCFError(ERR_CONFIGURED, f"ip: {err}") from None
+
+    @property
+    def configured_action(self) -> str:
+        value = self.param("action")
+        if value not in ("block", "unblock"):
+            raise OCFError(ERR_CONFIGURED, f"action={value!r}: must be block or unblock")
+        return value
+
+    @property
+    def direction(self) -> str:
+        value = self.param("direction")
+        if value not in ("in", "out", "both"):
+            raise OCFError(ERR_CONFIGURED, f"direction={value!r}: must be in, out or both")
+        return value
+
+    @property
+    def method(self) -> str:
+        value = self.param("method")
+        if value not in ("drop", "reject"):
+            raise OCFError(ERR_CONFIGURED, f"method={value!r}: must be drop or reject")
+        return value
+
+    @property
+    def status_check(self) -> str:
+        value = self.param("status_check")
+        if value not in ("pseudo", "rule"):
+            raise OCFError(ERR_CONFIGURED, f"status_check={value!r}: must be pseudo or rule")
+        return value
+
+    @property
+    def close_connections(self) -> bool:
+        return _flag("close_connections", self.param("close_connections"))
+
+    @property
+    def reset_local_on_unblock_stop(self) -> bool:
+        return _flag("reset_local_on_unblock_stop", self.param("reset_local_on_unblock_stop"))
+
+    @property
+    def tickle_dir(self) -> str:
+        return self.param("tickle_dir")
+
+    # --------------------------------------------------------- derived state
+
+    @property
+    def rules(self) -> list[BlockRule]:
+        chains = {"in": ["INPUT"], "out": ["OUTPUT"], "both": ["INPUT", "OUTPUT"]}[self.direction]
+        protocol, ports, network, method = self.protocol, self.ports, self.network, self.method
+        return [BlockRule(chain, protocol, ports, network, method) for chain in chains]
+
+    @property
+    def firewall(self) -> Firewall:
+        if not hasattr(self, "_firewall"):
+            self._firewall = select_firewall(self.param("firewall"), self.network.family)
+        return self._firewall
+
+    @property
+    def _state_base(self) -> str:
+        # Derived from the parameters the block and unblock instances share,
+        # not from the resource name: each instance must see the other's state.
+        raw = "portblock_%s_%s_%s_%s" % (self.param("protocol"), self.param("portno"),
+                                         self.param("ip"), self.param("direction"))
+        safe = "".join(c if c.isalnum() or c in "._" else "_" for c in raw)
+        return os.path.join(state_dir(), safe)
+
+    def _state_file(self, action: str) -> str:
+        return f"{self._state_base}_{action}"
+
+    @property
+    def _role_file(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.resource_name)
+        return os.path.join(state_dir(), f"portblock-role_{safe}")
+
+    # ---------------------------------------------------------------- actions
+
+    def validate_all(self) -> int:
+        self._validate()
+        return ocf.SUCCESS
+
+    def _validate(self) -> None:
+        self.rules  # protocol, ports, ip, direction, method
+        self.status_check
+        self.close_connections
+        action = self.configured_action
+        if self.reset_local_on_unblock_stop and action != "unblock":
+            raise OCFError(ERR_CONFIGURED, "reset_local_on_unblock_stop is only relevant with action=unblock")
+        if self.tickle_dir:
+            if action != "unblock":
+                raise OCFError(ERR_CONFIGURED, "tickle_dir is only useful with action=unblock")
+            if not os.path.isabs(self.tickle_dir):
+                raise OCFError(ERR_CONFIGURED, f"tickle_dir={self.tickle_dir!r} must be an absolute path")
+            if not os.path.isdir(self.tickle_dir):
+                raise OCFError(ERR_INSTALLED, f"tickle_dir {self.tickle_dir} does not exist")
+        self.firewall
+
+    def start(self) -> int:
+        self._validate()
+        if self.is_promotable:
+            self._apply(self._opposite(self.configured_action))
+            self._set_role("unpromoted", PROMOTION_SCORE_UNPROMOTED)
+            return ocf.SUCCESS
+        action = self.configured_action
+        self._apply(action)
+        if action == "unblock":
+            self._tickle_remote()
+        self._touch(self._state_file(action))
+        return ocf.SUCCESS
+
+    def stop(self) -> int:
+        action = self.configured_action
+        if action == "unblock":
+            self._save_connections()
+            self._block(stopping_unblock=True)
+        else:
+            self._unblock()
+        if self.is_promotable:
+            self._forget_role()
+        else:
+            self._remove(self._state_file(action))
+        return ocf.SUCCESS
+
+    def promote(self) -> int:
+        self._validate()
+        self._apply(self.configured_action)
+        self._set_role("promoted", PROMOTION_SCORE_PROMOTED)
+        return ocf.SUCCESS
+
+    def demote(self) -> int:
+        self._validate()
+        self._apply(self._opposite(self.configured_action))
+        self._set_role("unpromoted", PROMOTION_SCORE_UNPROMOTED)
+        return ocf.SUCCESS
+
+    def monitor(self) -> int:
+        self.rules  # a configuration that does not parse is reported, not "not running"
+        if self.is_promotable:
+            return self._monitor_promotable()
+        action = self.configured_action
+        own = _mtime_ns(self._state_file(action))
+        other = _mtime_ns(self._state_file(self._opposite(action)))
+        taken_over = own is not None and other is not None and other > own
+        status_check = self.status_check
+        if action == "block":
+            if taken_over:
+                return ocf.SUCCESS  # the unblock partner removed our rule after we set it
+            if self._rules_present() == "all":
+                return ocf.SUCCESS
+            if own is not None:
+                ocf.log_warning(f"{self._describe()}: block rule missing (removed outside the cluster?)")
+            return ocf.NOT_RUNNING
+        if own is None:
+            return ocf.NOT_RUNNING
+        if status_check == "pseudo" and taken_over:
+            return ocf.SUCCESS  # stock: "unblock first, block later"
+        if self._rules_present() != "none":
+            ocf.log_warning(f"{self._describe()}: unblocked, but a block rule is present")
+            return ocf.NOT_RUNNING
+        if self.tickle_dir and not self.is_probe:
+            self._save_connections()
+        return ocf.SUCCESS
+
+    def _monitor_promotable(self) -> int:
+        try:
+            with open(self._role_file) as role_file:
+                role = role_file.read().strip()
+        except FileNotFoundError:
+            return ocf.NOT_RUNNING
+        promoted = role == "promoted"
+        expected = self.configured_action if promoted else self._opposite(self.configured_action)
+        present = self._rules_present()
+        if present == ("all" if expected == "block" else "none"):
+            return ocf.RUNNING_PROMOTED if promoted else ocf.SUCCESS
+        reason = f"{self._describe()}: {role} instance should {expected}, but rules present: {present}"
+        if promoted:
+            raise OCFError(ocf.FAILED_PROMOTED, reason)
+        ocf.log_warning(reason)
+        return ocf.NOT_RUNNING
+
+    # ---------------------------------------------------------- the firewall
+
+    def _apply(self, action: str) -> None:
+        if action == "block":
+            self._block(stopping_unblock=False)
+        else:
+            self._unblock()
+
+    def _rules_present(self) -> str:
+        """"all", "none" or "some" of our rules are in the firewall."""
+        firewall, deadline = self.firewall, self.deadline
+        with locked(firewall, deadline):
+            counts = [firewall.count(rule, deadline) for rule in self.rules]
+        if all(counts):
+            return "all"
+        return "some" if any(counts) else "none"
+
+    def _block(self, stopping_unblock: bool) -> None:
+        rules, firewall, deadline = self.rules, self.firewall, self.deadline
+        reset_first = None
+        if stopping_unblock and self.protocol == "tcp" and self.reset_local_on_unblock_stop:
+            reset_first = BlockRule("OUTPUT", "tcp", self.ports, self.network, "reject")
+        with locked(firewall, deadline):
+            if reset_first is not None:
+                self._ensure_count(reset_first, 1)
+            for rule in rules:
+                self._ensure_count(rule, 1)
+        ocf.log_info(f"{self._describe()}: blocked ({firewall.name})")
+        if self.protocol == "tcp" and (self.close_connections or reset_first is not None):
+            self._close_connections()
+        if reset_first is not None and reset_first.tag not in {r.tag for r in rules
+                                                                if r.chain == "OUTPUT"}:
+            with locked(firewall, deadline):
+                self._ensure_count(reset_first, 0)
+
+    def _unblock(self) -> None:
+        firewall, deadline = self.firewall, self.deadline
+        with locked(firewall, deadline):
+            for rule in self.rules:
+                self._ensure_count(rule, 0)
+        ocf.log_info(f"{self._describe()}: unblocked ({firewall.name})")
+
+    def _ensure_count(self, rule: BlockRule, wanted: int) -> None:
+        """Make the firewall hold exactly ``wanted`` (0 or 1) copies of ``rule``, then check."""
+        firewall, deadline = self.firewall, self.deadline
+        count = firewall.count(rule, deadline)
+        if count == wanted:
+            return
+        if count < wanted:
+            firewall.insert(rule, deadline)
+        for _extra in range(count - wanted):
+            firewall.delete(rule, deadline)
+        after = firewall.count(rule, deadline)
+        if after != wanted:
+            raise OCFError(ERR_GENERIC, f"{firewall.name}: expected {wanted} cop{'y' if wanted == 1 else 'ies'}"
+                                        f" of rule [{rule}], found {after} after the change")
+
+    # -------------------------------------------------------- the connections
+
+    def _close_connections(self) -> None:
+        from .sockdiag import SocketDestroyUnsupported, close_sockets
+        began = time.monotonic()
+        try:
+            closed, remaining = close_sockets(self.network, self.ports, self.deadline)
+        except SocketDestroyUnsupported as err:
+            ocf.log_warning(f"{self._describe()}: the kernel cannot close sockets ({err});"
+                            " relying on the firewall rule")
+            return
+        except OSError as err:
+            ocf.log_warning(f"{self._describe()}: cannot list or close sockets ({err});"
+                            " relying on the firewall rule")
+            return
+        took_ms = (time.monotonic() - began) * 1000
+        if remaining:
+            ocf.log_warning(f"{self._describe()}: {len(remaining)} connection(s) still open at the"
+                            f" deadline: {', '.join(map(str, remaining[:5]))}")
+        elif closed:
+            ocf.log_info(f"{self._describe()}: closed {closed} connection(s) in {took_ms:.0f} ms")
+
+    def _save_connections(self) -> None:
+        """Record the established connections for tickle ACKs after failover."""
+        if not self.tickle_dir or self.protocol != "tcp":
+            return
+        from .sockdiag import TCP_ESTABLISHED, list_sockets
+        try:
+            established = list_sockets(self.network, self.ports, states=1 << TCP_ESTABLISHED)
+        except OSError as err:
+            ocf.log_warning(f"cannot list connections for tickle_dir: {err}")
+            return
+        lines = "".join(f"{s.local_text}\t{s.remote_text}\n" for s in established)
+        state_file = os.path.join(self.tickle_dir, self.network.address)
+        sync_script = self.param("sync_script")
+        try:
+            with open(state_file + ".new", "w") as out:
+                out.write(lines)
+                out.flush()
+                if not sync_script:
+                    os.fsync(out.fileno())  # shared dir: must be on disk before a failover
+            os.replace(state_file + ".new", state_file)
+        except OSError as err:
+            ocf.log_warning(f"cannot write {state_file}: {err}")
+            return
+        if sync_script:
+            import shlex
+            import subprocess
+            subprocess.Popen([*shlex.split(sync_script), state_file], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _tickle_remote(self) -> None:
+        """Send tickle ACKs to the clients recorded by the previous node."""
+        if not self.tickle_dir:
+            return
+        state_file = os.path.join(self.tickle_dir, self.network.address)
+        if not os.access(state_file, os.R_OK):
+            return
+        from .proc import run
+        tickle_tcp = os.path.join(os.environ.get("HA_BIN", "/usr/libexec/heartbeat"), "tickle_tcp")
+        with open(state_file, "rb") as connections:
+            data = connections.read()
+        try:
+            result = run([tickle_tcp, "-n", "3"], self.deadline, stdin=data)
+        except OCFError as err:
+            ocf.log_warning(f"tickle: {err.reason}")
+            return
+        if not result.ok:
+            ocf.log_warning(f"tickle_tcp failed: {result.err.strip()}")
+
+    # -------------------------------------------------------------- plumbing
+
+    @staticmethod
+    def _opposite(action: str) -> str:
+        return "unblock" if action == "block" else "block"
+
+    def _describe(self) -> str:
+        return f"{self.param('protocol')} port {self.param('portno')} on {self.param('ip')} ({self.param('direction')})"
+
+    @staticmethod
+    def _touch(path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as state:
+            state.write(f"{time.time():.6f}\n")
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _set_role(self, role: str, score: str) -> None:
+        self._crm_promotion_score(["-v", score])
+        os.makedirs(os.path.dirname(self._role_file), exist_ok=True)
+        with open(self._role_file, "w") as role_file:
+            role_file.write(role + "\n")
+
+    def _forget_role(self) -> None:
+        self._crm_promotion_score(["-D"])
+        self._remove(self._role_file)
+
+    def _crm_promotion_score(self, args: list[str]) -> None:
+        from .proc import run
+        result = run(["crm_attribute", "--promotion", "-l", "reboot", *args], self.deadline)
+        if not result.ok:
+            raise OCFError(ERR_GENERIC, f"crm_attribute --promotion {' '.join(args)} failed:"
+                                        f" {result.err.strip()}")
+
+
+def main() -> None:
+    ocf.main(Portblock)
