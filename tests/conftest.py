@@ -1,0 +1,198 @@
+"""Shared test fixtures: network namespaces, tgtd, running agents.
+
+Everything here is real: namespaces made with iproute2, the real tgtd, the
+agents run as Pacemaker would run them (environment variables, one action).
+Tests that need root skip themselves elsewhere; CI runs as root.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AGENTS = REPO / "agents"
+OCF_ROOT = "/usr/lib/ocf"
+_counter = itertools.count()
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+
+def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+class Netns:
+    """A network namespace of our own, with lo up; deleted at the end."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def exec_argv(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, *argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return sh(*self.exec_argv(*argv), check=check, **kw)
+
+    def add_address(self, cidr: str, dev: str = "lo") -> None:
+        self.run("ip", "addr", "add", cidr, "dev", dev)
+
+    def iptables_save(self, family: int = 4) -> str:
+        """Every rule of every backend, as text (legacy, nft-variant, native nft)."""
+        v6 = "6" if family == 6 else ""
+        parts = [self.run(f"ip{v6}tables-nft-save", check=False).stdout,
+                 self.run(f"ip{v6}tables-legacy-save", check=False).stdout,
+                 self.run("nft", "list", "ruleset", check=False).stdout]
+        return "\n".join(parts)
+
+    def delete(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+def veth_pair(left: Netns, right: Netns, left_cidr: str, right_cidr: str) -> tuple[str, str]:
+    """Connect two namespaces with a veth pair; returns the device names."""
+    n = next(_counter)
+    a, b = f"tv{os.getpid() % 10000}a{n}", f"tv{os.getpid() % 10000}b{n}"
+    sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+    sh("ip", "link", "set", a, "netns", left.name)
+    sh("ip", "link", "set", b, "netns", right.name)
+    left.run("ip", "addr", "add", left_cidr, "dev", a)
+    right.run("ip", "addr", "add", right_cidr, "dev", b)
+    left.run("ip", "link", "set", a, "up")
+    right.run("ip", "link", "set", b, "up")
+    return a, b
+
+
+@pytest.fixture
+def make_netns():
+    made: list[Netns] = []
+
+    def make(tag: str = "t") -> Netns:
+        ns = Netns(f"tgtha-{tag}-{os.getpid()}-{next(_counter)}")
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        ns.delete()
+
+
+@pytest.fixture
+def netns(make_netns) -> Netns:
+    return make_netns()
+
+
+@pytest.fixture
+def state_dir(tmp_path) -> Path:
+    """A private HA_RSCTMP, so tests never share agent state or locks with the host."""
+    path = tmp_path / "rsctmp"
+    path.mkdir()
+    return path
+
+
+class AgentRun:
+    """One agent action, run the way pacemaker-execd runs it."""
+
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    @property
+    def exit_reason(self) -> str:
+        for line in self.stderr.splitlines():
+            if line.startswith("ocf-exit-reason:"):
+                return line[len("ocf-exit-reason:"):]
+        return ""
+
+    def __repr__(self) -> str:
+        return f"AgentRun(rc={self.rc}, stderr={self.stderr[-2000:]!r})"
+
+
+def agent_env(state: Path, instance: str, params: dict[str, str], meta: dict[str, str] | None = None
+              ) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "OCF_ROOT": OCF_ROOT,
+        "HA_RSCTMP": str(state),
+        "OCF_RESOURCE_INSTANCE": instance,
+    }
+    env.update({f"OCF_RESKEY_{k}": v for k, v in params.items()})
+    env.update({f"OCF_RESKEY_CRM_meta_{k}": v for k, v in (meta or {}).items()})
+    return env
+
+
+def run_agent(agent: str, action: str, params: dict[str, str], *, ns: Netns | None, state: Path,
+              instance: str = "rsc", meta: dict[str, str] | None = None, timeout: float = 60) -> AgentRun:
+    argv = [str(AGENTS / agent), action]
+    if ns is not None:
+        argv = ns.exec_argv(*argv)
+    proc = subprocess.run(argv, env=agent_env(state, instance, params, meta), capture_output=True,
+                          text=True, timeout=timeout)
+    return AgentRun(proc)
+
+
+# ------------------------------------------------------------------ tgtd
+
+class Tgtd:
+    """A real tgtd in a namespace, on its own control port, portal on ``portal_ip``."""
+
+    def __init__(self, ns: Netns, control_port: int, portal_ip: str, logfile: Path) -> None:
+        self.ns = ns
+        self.control_port = control_port
+        self.log = open(logfile, "w")
+        self.proc = subprocess.Popen(
+            ns.exec_argv("tgtd", "-f", "--control-port", str(control_port),
+                         "--iscsi", f"portal={portal_ip}:3260"),
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.tgtadm("--op", "show", "--mode", "sys", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("tgtd did not come up")
+
+    def tgtadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args, check=check)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        for leftover in (f"/var/run/tgtd/socket.{self.control_port}",
+                         f"/var/run/tgtd/socket.{self.control_port}.lock"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+_control_ports = itertools.count(100 + os.getpid() % 5000)
+
+
+@pytest.fixture
+def start_tgtd(tmp_path):
+    started: list[Tgtd] = []
+
+    def start(ns: Netns, portal_ip: str) -> Tgtd:
+        if shutil.which("tgtd") is None:
+            pytest.skip("tgtd not installed")
+        tgtd = Tgtd(ns, next(_control_ports), portal_ip, tmp_path / f"tgtd{len(started)}.log")
+        started.append(tgtd)
+        return tgtd
+
+    yield start
+    for tgtd in started:
+        tgtd.stop()

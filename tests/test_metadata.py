@@ -1,0 +1,67 @@
+"""Every agent's metadata is real XML, valid for Pacemaker, and says what the code reads."""
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from conftest import AGENTS, OCF_ROOT, REPO
+
+DTD = Path("/usr/share/resource-agents/ra-api-1.dtd")
+RNG = Path("/usr/share/resource-agents/metadata.rng")
+AGENT_NAMES = sorted(p.name for p in AGENTS.iterdir() if p.is_file())
+
+
+def agent_class(name: str):
+    import importlib
+    module = importlib.import_module(f"tgtha.{name.lower()}")
+    return next(v for v in vars(module).values()
+                if isinstance(v, type) and getattr(v, "NAME", None) == name)
+
+
+def metadata(name: str) -> etree._ElementTree:
+    return etree.parse(str(REPO / "metadata" / f"{name}.xml"))
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_metadata_is_valid_against_the_dtd_and_the_relaxng_schema(name):
+    tree = metadata(name)
+    dtd = etree.DTD(str(DTD))
+    assert dtd.validate(tree), dtd.error_log.filter_from_errors()
+    rng = etree.RelaxNG(etree.parse(str(RNG)))
+    assert rng.validate(tree), rng.error_log
+    assert tree.getroot().get("name") == name
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_meta_data_action_prints_the_metadata_file_verbatim(name):
+    out = subprocess.run([str(AGENTS / name), "meta-data"], capture_output=True, text=True,
+                         env={"OCF_ROOT": OCF_ROOT}, check=True).stdout
+    assert out == (REPO / "metadata" / f"{name}.xml").read_text()
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_declared_parameters_and_defaults_match_the_code(name):
+    declared = {p.get("name"): p.find("content").get("default", "")
+                for p in metadata(name).getroot().iter("parameter")}
+    assert declared == agent_class(name).PARAMETERS
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_every_parameter_the_code_reads_is_declared(name):
+    source = REPO / "lib" / "tgtha" / f"{name.lower()}.py"
+    read = {node.args[0].value for node in ast.walk(ast.parse(source.read_text()))
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "param"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+    declared = {p.get("name") for p in metadata(name).getroot().iter("parameter")}
+    assert read, "the scan found no parameter reads: the test is broken"
+    assert read <= declared, read - declared
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_every_advertised_action_is_implemented(name):
+    advertised = {a.get("name") for a in metadata(name).getroot().iter("action")} - {"meta-data"}
+    assert advertised <= set(agent_class(name).ACTIONS)

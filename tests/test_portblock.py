@@ -1,0 +1,286 @@
+"""ocf:tgtha:portblock against real firewalls in network namespaces.
+
+Every backend is exercised: the iptables command (nft variant), iptables-legacy,
+native nft and python-iptables. TCP connects prove what the rules do.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import needs_root, run_agent
+
+pytestmark = needs_root
+
+BACKENDS = ["iptables", "iptables-legacy", "nft", "python-iptables"]
+VIP = "10.77.0.1"
+VIP6 = "fd00:77::1"
+PORT = "3260"
+
+
+@pytest.fixture
+def host(netns):
+    """A namespace with the service address on lo and a TCP listener on it."""
+    netns.add_address(f"{VIP}/32")
+    netns.run("ip", "-6", "addr", "add", f"{VIP6}/128", "dev", "lo", "nodad")
+    listeners = [subprocess.Popen(netns.exec_argv(sys.executable, "-c", LISTENER, address, PORT))
+                 for address in (VIP, VIP6)]
+    time.sleep(0.3)
+    yield netns
+    for listener in listeners:
+        listener.kill()
+        listener.wait()
+
+
+LISTENER = """
+import socket, sys
+family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(family)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+kept = []
+while True:
+    kept.append(s.accept()[0])
+"""
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+except OSError:
+    sys.exit(1)
+"""
+
+
+def can_connect(ns, address: str = VIP, timeout: float = 0.7) -> bool:
+    return ns.run(sys.executable, "-c", CONNECT, address, PORT, str(timeout), check=False).returncode == 0
+
+
+def params(firewall: str, action: str, **extra: str) -> dict[str, str]:
+    return {"protocol": "tcp", "portno": PORT, "ip": VIP, "action": action, "firewall": firewall, **extra}
+
+
+def tagged_rules(ns, family: int = 4) -> list[str]:
+    return [line for line in ns.iptables_save(family).splitlines() if "tgtha-portblock:" in line]
+
+
+@pytest.mark.parametrize("firewall", BACKENDS)
+def test_start_is_idempotent_and_stop_removes_the_rule(host, state_dir, firewall):
+    p = params(firewall, "block")
+    assert run_agent("portblock", "monitor", p, ns=host, state=state_dir).rc == 7
+    for _ in range(2):
+        assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+        assert len(tagged_rules(host)) == 1
+    assert run_agent("portblock", "monitor", p, ns=host, state=state_dir).rc == 0
+    for _ in range(2):
+        assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+        assert tagged_rules(host) == []
+    assert run_agent("portblock", "monitor", p, ns=host, state=state_dir).rc == 7
+
+
+@pytest.mark.parametrize("firewall", BACKENDS)
+def test_block_unblock_cycles_leave_exactly_the_right_rules(host, state_dir, firewall):
+    block, unblock = params(firewall, "block"), params(firewall, "unblock")
+    assert can_connect(host)
+    for _cycle in range(3):
+        # group start: block, (service), unblock
+        assert run_agent("portblock", "start", block, ns=host, state=state_dir, instance="pb-block").rc == 0
+        assert len(tagged_rules(host)) == 1 and not can_connect(host)
+        assert run_agent("portblock", "start", unblock, ns=host, state=state_dir, instance="pb-unblock").rc == 0
+        assert tagged_rules(host) == [] and can_connect(host)
+        for instance, p in (("pb-block", block), ("pb-unblock", unblock)):
+            assert run_agent("portblock", "monitor", p, ns=host, state=state_dir, instance=instance,
+                             meta={"interval": "10000"}).rc == 0
+        # group stop: unblock stops first (blocks), block stops last (unblocks)
+        assert run_agent("portblock", "stop", unblock, ns=host, state=state_dir, instance="pb-unblock").rc == 0
+        assert len(tagged_rules(host)) == 1 and not can_connect(host)
+        assert run_agent("portblock", "stop", block, ns=host, state=state_dir, instance="pb-block").rc == 0
+        assert tagged_rules(host) == [] and can_connect(host)
+
+
+@pytest.mark.parametrize("firewall", BACKENDS)
+def test_ipv6_block_and_unblock(host, state_dir, firewall):
+    p = params(firewall, "block", ip=VIP6, method="reject", direction="both")
+    assert can_connect(host, VIP6)
+    assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+    assert len(tagged_rules(host, 6)) == 2
+    assert not can_connect(host, VIP6)
+    assert can_connect(host, VIP), "IPv4 must stay open"
+    assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+    assert tagged_rules(host, 6) == [] and can_connect(host, VIP6)
+
+
+def duplicate_our_rule(ns, firewall: str) -> None:
+    """Add a second copy of our rule by hand, as a stray script might."""
+    if firewall == "nft":
+        listing = ns.run("nft", "list", "chain", "inet", "tgtha", "portblock_in").stdout
+        rule = next(line.strip() for line in listing.splitlines() if "tgtha-portblock:" in line)
+        ns.run("nft", "add", "rule", "inet", "tgtha", "portblock_in", *rule.split())
+    else:
+        spec = tagged_rules(ns)[0].replace("-A INPUT", "").replace('"', "")
+        ns.run("iptables", "-A", "INPUT", *spec.split())
+
+
+@pytest.mark.parametrize("firewall", ["iptables", "nft"])
+def test_no_duplicate_survives_a_start_or_a_stop(host, state_dir, firewall):
+    p = params(firewall, "block")
+    run_agent("portblock", "start", p, ns=host, state=state_dir)
+    duplicate_our_rule(host, firewall)
+    assert len(tagged_rules(host)) == 2
+    assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+    assert len(tagged_rules(host)) == 1, "start leaves exactly one copy"
+    duplicate_our_rule(host, firewall)
+    assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+    assert tagged_rules(host) == [], "stop removes every copy"
+
+
+@pytest.mark.parametrize("firewall", ["iptables", "nft"])
+def test_status_check_rule_reports_a_block_rule_removed_by_hand(host, state_dir, firewall):
+    p = params(firewall, "block", status_check="rule")
+    assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+    if firewall == "nft":
+        host.run("nft", "flush", "chain", "inet", "tgtha", "portblock_in")
+    else:
+        host.run("iptables", "-F", "INPUT")
+    run = run_agent("portblock", "monitor", p, ns=host, state=state_dir, meta={"interval": "10000"})
+    assert run.rc == 7
+    assert "block rule missing" in run.stderr
+
+
+def test_status_check_rule_reports_a_block_rule_added_under_a_running_unblock(host, state_dir):
+    block, unblock = params("iptables", "block", status_check="rule"), params("iptables", "unblock",
+                                                                              status_check="rule")
+    run_agent("portblock", "start", block, ns=host, state=state_dir, instance="b")
+    run_agent("portblock", "start", unblock, ns=host, state=state_dir, instance="u")
+    assert run_agent("portblock", "monitor", unblock, ns=host, state=state_dir, instance="u").rc == 0
+    host.run("iptables", "-I", "INPUT", "-p", "tcp", "-d", f"{VIP}/32", "-m", "multiport", "--dports", PORT,
+             "-m", "comment", "--comment", f"tgtha-portblock:tcp:{PORT}:{VIP}/32:drop", "-j", "DROP")
+    assert run_agent("portblock", "monitor", unblock, ns=host, state=state_dir, instance="u").rc == 7
+
+
+def test_pseudo_mode_keeps_the_stock_semantics(host, state_dir):
+    """Stock: block is 'running' once its unblock partner took the rule away."""
+    block, unblock = params("iptables", "block"), params("iptables", "unblock")
+    assert run_agent("portblock", "monitor", unblock, ns=host, state=state_dir).rc == 7, "unblock probe"
+    run_agent("portblock", "start", block, ns=host, state=state_dir, instance="b")
+    time.sleep(0.01)
+    run_agent("portblock", "start", unblock, ns=host, state=state_dir, instance="u")
+    assert tagged_rules(host) == []
+    assert run_agent("portblock", "monitor", block, ns=host, state=state_dir, instance="b").rc == 0
+    assert run_agent("portblock", "monitor", unblock, ns=host, state=state_dir, instance="u").rc == 0
+
+
+@pytest.mark.parametrize("bad, rc, reason", [
+    ({"protocol": "sctp"}, 6, "protocol"),
+    ({"portno": "32600000"}, 6, "portno"),
+    ({"portno": "3260bad"}, 6, "portno"),
+    ({"ip": "10.77.0.300"}, 6, "ip"),
+    ({"action": "open"}, 6, "action"),
+    ({"direction": "sideways"}, 6, "direction"),
+    ({"method": "tarpit"}, 6, "method"),
+    ({"firewall": "pf"}, 6, "firewall"),
+    ({"status_check": "maybe"}, 6, "status_check"),
+    ({"close_connections": "perhaps"}, 6, "close_connections"),
+    ({"action": "unblock", "tickle_dir": "/nonexistent/tickle"}, 5, "tickle_dir"),
+    ({"action": "block", "tickle_dir": "/tmp"}, 6, "tickle_dir"),
+])
+@pytest.mark.parametrize("action", ["validate-all", "start"])
+def test_bad_input_is_refused_with_a_reason_and_changes_nothing(host, state_dir, bad, rc, reason, action):
+    before = host.iptables_save()
+    run = run_agent("portblock", action, {**params("iptables", "block"), **bad}, ns=host, state=state_dir)
+    assert run.rc == rc, run
+    assert reason in run.exit_reason
+    assert host.iptables_save() == before
+    assert list(state_dir.rglob("portblock_*")) == []
+
+
+def test_stop_and_probe_never_fail_for_a_missing_parameter(host, state_dir):
+    assert run_agent("portblock", "stop", {"protocol": "tcp"}, ns=host, state=state_dir).rc == 0
+    run = run_agent("portblock", "monitor", {"protocol": "tcp", "portno": PORT}, ns=host, state=state_dir,
+                    meta={"interval": "0"})
+    assert run.rc == 6 and "action" in run.exit_reason
+
+
+def test_block_closes_established_connections_and_confirms_none_remain(host, state_dir):
+    clients = [subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
+                                stdout=subprocess.PIPE, text=True) for _ in range(5)]
+    try:
+        for client in clients:
+            assert client.stdout.readline().strip() == "connected"
+        assert len(established(host)) == 5
+        begin = time.monotonic()
+        run = run_agent("portblock", "start", params("iptables", "block"), ns=host, state=state_dir)
+        took = time.monotonic() - begin
+        assert run.rc == 0, run
+        assert established(host) == []
+        assert "closed 5 connection(s)" in run.stderr
+        assert took < 2
+        for client in clients:
+            assert client.wait(5) == 0, "the client saw its connection reset"
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+
+
+def test_close_connections_false_leaves_them_alone(host, state_dir):
+    client = subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        run = run_agent("portblock", "start", params("iptables", "block", close_connections="false"),
+                        ns=host, state=state_dir)
+        assert run.rc == 0 and len(established(host)) == 1
+    finally:
+        client.kill()
+        client.wait()
+
+
+HOLD_OPEN = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+try:
+    data = c.recv(1)
+    sys.exit(0 if data == b"" else 2)
+except ConnectionResetError:
+    sys.exit(0)
+"""
+
+
+def established(ns) -> list[str]:
+    out = ns.run("ss", "-Htn", "state", "established", f"( sport = :{PORT} )").stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def test_promotable_mode_blocks_on_unpromoted_and_unblocks_on_promoted(host, state_dir, tmp_path):
+    """Promotable clone, action=unblock: the promoted node serves, the others block.
+
+    crm_attribute (the promotion score) is a recording stub here: no cluster
+    runs in this test; the firewall is real.
+    """
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir()
+    calls = tmp_path / "crm_attribute.calls"
+    (stub_dir / "crm_attribute").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (stub_dir / "crm_attribute").chmod(0o755)
+    p = params("iptables", "unblock")
+    meta = {"promotable": "true", "interval": "10000"}
+
+    def act(action):
+        argv = host.exec_argv("env", f"PATH={stub_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
+                              str(__import__("conftest").AGENTS / "portblock"), action)
+        from conftest import agent_env
+        return subprocess.run(argv, env=agent_env(state_dir, "pb-ms", p, meta), capture_output=True,
+                              text=True).returncode
+
+    assert act("monitor") == 7
+    assert act("start") == 0 and len(tagged_rules(host)) == 1 and act("monitor") == 0
+    assert act("promote") == 0 and tagged_rules(host) == [] and act("monitor") == 8
+    assert act("demote") == 0 and len(tagged_rules(host)) == 1 and act("monitor") == 0
+    assert act("stop") == 0 and len(tagged_rules(host)) == 1 and act("monitor") == 7
+    assert "--promotion -l reboot -v 10" in calls.read_text()
