@@ -196,3 +196,21 @@ def start_tgtd(tmp_path):
     yield start
     for tgtd in started:
         tgtd.stop()
+
+
+# ------------------------------------------------------------------ report
+
+_report_lines: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """Figures a test measured, printed at the end of the run (the test report)."""
+    return _report_lines.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _report_lines:
+        terminalreporter.section("measured")
+        for line in _report_lines:
+            terminalreporter.write_line(line)
