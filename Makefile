@@ -1,0 +1,44 @@
+# tgtha - Pacemaker OCF agents for HA iSCSI targets on tgt.
+#   make deps      install the Debian packages the agents, tests and lab need (root)
+#   make test      run every test (namespaced ones need root)
+#   make install   agents as ocf:tgtha:*, library beside ocf.py ([DESTDIR=...])
+#   make bench     latency of our agents next to the stock ones, same run
+
+DESTDIR    ?=
+OCF_ROOT   ?= /usr/lib/ocf
+AGENT_DIR   = $(DESTDIR)$(OCF_ROOT)/resource.d/tgtha
+LIB_DIR     = $(DESTDIR)$(OCF_ROOT)/lib/tgtha
+PYTHON     ?= /usr/bin/python3
+AGENTS      = $(notdir $(wildcard agents/*))
+
+DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-agents \
+                  python3 python3-lxml python3-filelock python3-iptables python3-pytest \
+                  hyperfine
+
+.PHONY: all deps test install uninstall bench clean
+
+all:
+	@echo "targets: deps test install uninstall bench"
+
+deps:
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES)
+
+test:
+	$(PYTHON) -m pytest -v
+
+install:
+	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata
+	install -m 0755 $(addprefix agents/,$(AGENTS)) $(AGENT_DIR)/
+	install -m 0644 lib/tgtha/*.py $(LIB_DIR)/
+	install -m 0644 lib/tgtha/firewall/*.py $(LIB_DIR)/firewall/
+	install -m 0644 metadata/*.xml $(LIB_DIR)/metadata/
+
+uninstall:
+	rm -rf $(AGENT_DIR) $(LIB_DIR)
+
+bench:
+	$(PYTHON) bench/agent_latency.py
+
+clean:
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
