@@ -284,3 +284,38 @@ def test_promotable_mode_blocks_on_unpromoted_and_unblocks_on_promoted(host, sta
     assert act("demote") == 0 and len(tagged_rules(host)) == 1 and act("monitor") == 0
     assert act("stop") == 0 and len(tagged_rules(host)) == 1 and act("monitor") == 7
     assert "--promotion -l reboot -v 10" in calls.read_text()
+
+
+def test_tickle_dir_records_established_connections_of_a_running_unblock(host, state_dir, tmp_path):
+    tickle = tmp_path / "tickle"
+    tickle.mkdir()
+    client = subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        p = params("iptables", "unblock", tickle_dir=str(tickle))
+        assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+        assert run_agent("portblock", "monitor", p, ns=host, state=state_dir,
+                         meta={"interval": "10000"}).rc == 0
+        recorded = (tickle / VIP).read_text().splitlines()
+        assert len(recorded) == 1 and recorded[0].startswith(f"{VIP}:{PORT}\t{VIP}:")
+    finally:
+        client.kill()
+        client.wait()
+
+
+def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_block_rule(host, state_dir):
+    client = subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        p = params("iptables", "unblock", reset_local_on_unblock_stop="true", close_connections="false")
+        assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+        assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+        assert established(host) == []
+        assert client.wait(5) == 0
+        rules = tagged_rules(host)
+        assert len(rules) == 1 and rules[0].startswith("-A INPUT"), "the temporary OUTPUT reset rule is gone"
+    finally:
+        client.kill()
+        client.wait()

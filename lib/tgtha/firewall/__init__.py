@@ -54,6 +54,13 @@ class BlockRule:
         return self.chain == "INPUT"
 
     @property
+    def lets_resets_out(self) -> bool:
+        """OUTPUT TCP rules let RST segments pass: when the agent closes a
+        blocked connection, the kernel's reset must reach the client, so it
+        reconnects (to the new node) at once instead of timing out."""
+        return self.chain == "OUTPUT" and self.protocol == "tcp"
+
+    @property
     def tag(self) -> str:
         return f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{self.method}"
 

@@ -49,8 +49,10 @@ def rule_spec(rule: BlockRule) -> list[str]:
     """The iptables match and target arguments of ``rule``."""
     addr, ports = ("-d", "--dports") if rule.matches_destination else ("-s", "--sports")
     spec = ["-p", rule.protocol, addr, str(rule.network),
-            "-m", "multiport", ports, rule.ports.iptables(),
-            "-m", "comment", "--comment", rule.tag]
+            "-m", "multiport", ports, rule.ports.iptables()]
+    if rule.lets_resets_out:
+        spec += ["-m", "tcp", "!", "--tcp-flags", "RST", "RST"]
+    spec += ["-m", "comment", "--comment", rule.tag]
     if rule.method == "drop":
         return spec + ["-j", "DROP"]
     if rule.protocol == "tcp":

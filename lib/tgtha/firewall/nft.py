@@ -65,4 +65,5 @@ def rule_expression(rule: BlockRule) -> str:
     else:
         address = f"{ip} {side}addr {rule.network}"
     verdict = "drop" if rule.method == "drop" else "reject with tcp reset" if rule.protocol == "tcp" else "reject"
-    return f'{address} {rule.protocol} {side}port {rule.ports.nft()} {verdict} comment "{rule.tag}"'
+    not_reset = " tcp flags & rst == 0" if rule.lets_resets_out else ""
+    return f'{address} {rule.protocol} {side}port {rule.ports.nft()}{not_reset} {verdict} comment "{rule.tag}"'

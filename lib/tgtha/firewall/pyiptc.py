@@ -78,6 +78,8 @@ class PythonIptables(Firewall):
         multiport = built.create_match("multiport")
         ports_option = "dports" if rule.matches_destination else "sports"
         setattr(multiport, ports_option, rule.ports.iptables())
+        if rule.lets_resets_out:
+            built.create_match("tcp").tcp_flags = ["!", "RST", "RST"]
         comment = built.create_match("comment")
         comment.comment = rule.tag
         target_name = spec[spec.index("-j") + 1]
