@@ -34,11 +34,6 @@ def _flag(name: str, value: str) -> bool:
     raise OCFError(ERR_CONFIGURED, f"{name}={value!r} is not a boolean (true/false)")
 
 
-def _locked(firewall: Firewall, deadline: float):
-    from .firewall import locked
-    return locked(firewall, deadline)
-
-
 def _mtime_ns(path: str) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
@@ -288,7 +283,7 @@ class Portblock(ocf.Agent):
     def _rules_present(self) -> str:
         """"all", "none" or "some" of our rules are in the firewall."""
         firewall, deadline = self.firewall, self.deadline
-        with _locked(firewall, deadline):
+        with firewall.locked(deadline):
             counts = [firewall.count(rule, deadline) for rule in self.rules]
         if all(counts):
             return "all"
@@ -300,7 +295,7 @@ class Portblock(ocf.Agent):
         if stopping_unblock and self.protocol == "tcp" and self.reset_local_on_unblock_stop:
             from .firewall import BlockRule
             reset_first = BlockRule("OUTPUT", "tcp", self.ports, self.network, "reject")
-        with _locked(firewall, deadline):
+        with firewall.locked(deadline):
             if reset_first is not None:
                 self._ensure_count(reset_first, 1)
             for rule in rules:
@@ -309,12 +304,12 @@ class Portblock(ocf.Agent):
             self._close_connections()
         if reset_first is not None and reset_first.tag not in {r.tag for r in rules
                                                                 if r.chain == "OUTPUT"}:
-            with _locked(firewall, deadline):
+            with firewall.locked(deadline):
                 self._ensure_count(reset_first, 0)
 
     def _unblock(self) -> None:
         firewall, deadline = self.firewall, self.deadline
-        with _locked(firewall, deadline):
+        with firewall.locked(deadline):
             for rule in self.rules:
                 self._ensure_count(rule, 0)
 

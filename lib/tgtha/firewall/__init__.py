@@ -15,7 +15,7 @@ Backends (``firewall=`` parameter):
   python-iptables is never picked automatically: its import costs ~0.3 s,
   against ~2 ms for running the iptables command.
 
-Every backend call happens inside ``locked(...)``: the node-wide mutex, plus
+Every backend call happens inside ``firewall.locked(...)``: the node-wide mutex, plus
 iptables-legacy's own lock for backends that write legacy tables without it.
 """
 from __future__ import annotations
@@ -79,6 +79,14 @@ class Firewall:
     # Does this backend write legacy xtables without taking /run/xtables.lock itself?
     needs_xtables_lock = False
 
+    def locked(self, deadline: float):
+        """The mutex to hold around calls to this backend."""
+        from ..mutex import FileMutex, firewall_lock_path, xtables_lock_path
+        node_mutex = FileMutex(firewall_lock_path(), deadline)
+        if not self.needs_xtables_lock:
+            return node_mutex
+        return _Both(node_mutex, FileMutex(xtables_lock_path(), deadline))
+
     def count(self, rule: BlockRule, deadline: float) -> int:
         """How many copies of ``rule`` the firewall holds."""
         raise NotImplementedError
@@ -109,15 +117,6 @@ def select_firewall(choice: str, family: int) -> Firewall:
     from .iptables_cli import IptablesCommand
     variant = choice.partition("-")[2]  # "", "nft" or "legacy"
     return IptablesCommand.create(family, variant)
-
-
-def locked(firewall: Firewall, deadline: float):
-    """The mutex to hold around ``firewall`` calls."""
-    from ..mutex import FileMutex, firewall_lock_path, xtables_lock_path
-    node_mutex = FileMutex(firewall_lock_path(), deadline)
-    if not firewall.needs_xtables_lock:
-        return node_mutex
-    return _Both(node_mutex, FileMutex(xtables_lock_path(), deadline))
 
 
 class _Both:
