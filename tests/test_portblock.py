@@ -8,10 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
-from conftest import needs_root, run_agent
+from conftest import AGENTS, agent_env, needs_root, run_agent
 
 pytestmark = needs_root
 
@@ -206,11 +207,7 @@ def test_stop_and_probe_never_fail_for_a_missing_parameter(host, state_dir):
 
 
 def test_block_closes_established_connections_and_confirms_none_remain(host, state_dir):
-    clients = [subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
-                                stdout=subprocess.PIPE, text=True) for _ in range(5)]
-    try:
-        for client in clients:
-            assert client.stdout.readline().strip() == "connected"
+    with held_connections(host, 5) as clients:
         assert len(established(host)) == 5
         begin = time.monotonic()
         run = run_agent("portblock", "start", params("iptables", "block"), ns=host, state=state_dir)
@@ -221,23 +218,13 @@ def test_block_closes_established_connections_and_confirms_none_remain(host, sta
         assert took < 2
         for client in clients:
             assert client.wait(5) == 0, "the client saw its connection reset"
-    finally:
-        for client in clients:
-            client.kill()
-            client.wait()
 
 
 def test_close_connections_false_leaves_them_alone(host, state_dir):
-    client = subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout.readline().strip() == "connected"
+    with held_connections(host) as (client,):
         run = run_agent("portblock", "start", params("iptables", "block", close_connections="false"),
                         ns=host, state=state_dir)
         assert run.rc == 0 and len(established(host)) == 1
-    finally:
-        client.kill()
-        client.wait()
 
 
 HOLD_OPEN = """
@@ -250,6 +237,23 @@ try:
 except ConnectionResetError:
     sys.exit(0)
 """
+
+
+@contextmanager
+def held_connections(ns, count: int = 1):
+    """``count`` clients connected to the service, each waiting to be closed or reset.
+
+    A client exits 0 when its connection ends by a close or a reset."""
+    clients = [subprocess.Popen(ns.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
+                                stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    try:
+        for client in clients:
+            assert client.stdout.readline().strip() == "connected"
+        yield clients
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
 
 
 def established(ns) -> list[str]:
@@ -273,8 +277,7 @@ def test_promotable_mode_blocks_on_unpromoted_and_unblocks_on_promoted(host, sta
 
     def act(action):
         argv = host.exec_argv("env", f"PATH={stub_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
-                              str(__import__("conftest").AGENTS / "portblock"), action)
-        from conftest import agent_env
+                              str(AGENTS / "portblock"), action)
         return subprocess.run(argv, env=agent_env(state_dir, "pb-ms", p, meta), capture_output=True,
                               text=True).returncode
 
@@ -289,26 +292,17 @@ def test_promotable_mode_blocks_on_unpromoted_and_unblocks_on_promoted(host, sta
 def test_tickle_dir_records_established_connections_of_a_running_unblock(host, state_dir, tmp_path):
     tickle = tmp_path / "tickle"
     tickle.mkdir()
-    client = subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout.readline().strip() == "connected"
+    with held_connections(host) as (client,):
         p = params("iptables", "unblock", tickle_dir=str(tickle))
         assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
         assert run_agent("portblock", "monitor", p, ns=host, state=state_dir,
                          meta={"interval": "10000"}).rc == 0
         recorded = (tickle / VIP).read_text().splitlines()
         assert len(recorded) == 1 and recorded[0].startswith(f"{VIP}:{PORT}\t{VIP}:")
-    finally:
-        client.kill()
-        client.wait()
 
 
 def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_block_rule(host, state_dir):
-    client = subprocess.Popen(host.exec_argv(sys.executable, "-c", HOLD_OPEN, VIP, PORT),
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout.readline().strip() == "connected"
+    with held_connections(host) as (client,):
         p = params("iptables", "unblock", reset_local_on_unblock_stop="true", close_connections="false")
         assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
         assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
@@ -316,6 +310,3 @@ def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_bloc
         assert client.wait(5) == 0
         rules = tagged_rules(host)
         assert len(rules) == 1 and rules[0].startswith("-A INPUT"), "the temporary OUTPUT reset rule is gone"
-    finally:
-        client.kill()
-        client.wait()
