@@ -138,8 +138,10 @@ def _dump_family(sock, family: int, states: int) -> list[TcpSocket]:
                                    dport, wqueue, sockid))
 
 
-def list_sockets(network: Network, ports: PortSet, states: int = CONNECTED_STATES) -> list[TcpSocket]:
-    """Local TCP sockets in ``states`` whose local end is in ``network`` and ``ports``."""
+def list_sockets(network: Network, ports: PortSet, states: int = CONNECTED_STATES,
+                 peers: list[Network] | None = None) -> list[TcpSocket]:
+    """Local TCP sockets in ``states`` whose local end is in ``network`` and
+    ``ports`` (and, given ``peers``, whose remote end is in one of them)."""
     sock = _netlink_socket()
     try:
         candidates = (_dump_family(sock, _socket.AF_INET, states)
@@ -147,7 +149,8 @@ def list_sockets(network: Network, ports: PortSet, states: int = CONNECTED_STATE
     finally:
         sock.close()
     return [s for s in candidates
-            if ports.contains(s.local_port) and network.contains(s.local)]
+            if ports.contains(s.local_port) and network.contains(s.local)
+            and (peers is None or any(peer.contains(s.remote) for peer in peers))]
 
 
 def _destroy(sock, victim: TcpSocket) -> int:
@@ -162,7 +165,8 @@ def _destroy(sock, victim: TcpSocket) -> int:
     return 0
 
 
-def close_sockets(network: Network, ports: PortSet, deadline: float) -> tuple[int, list[TcpSocket]]:
+def close_sockets(network: Network, ports: PortSet, deadline: float,
+                  peers: list[Network] | None = None) -> tuple[int, list[TcpSocket]]:
     """Abort every connected TCP socket on ``network``/``ports`` until none
     remain or ``deadline`` (monotonic) passes.
 
@@ -171,7 +175,7 @@ def close_sockets(network: Network, ports: PortSet, deadline: float) -> tuple[in
     """
     destroyed = 0
     while True:
-        remaining = list_sockets(network, ports)
+        remaining = list_sockets(network, ports, peers=peers)
         if not remaining or time.monotonic() >= deadline:
             return destroyed, remaining
         sock = _netlink_socket()

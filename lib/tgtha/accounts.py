@@ -1,0 +1,181 @@
+"""tgt CHAP accounts: who made them, and how to change them without opening a target.
+
+Three facts about tgt (1.0.85 and upstream HEAD) shape this module:
+- a target with no incoming account accepts logins without credentials;
+- deleting an account unbinds it from every target first;
+- unbinding an account leaves a hole in the target's account array, and while
+  a bound account sits behind that hole, ``tgtadm --mode target --op show``
+  dereferences NULL and tgtd dies (tests/test_tgt_facts.py shows it).
+So every CHAP target tgtha makes is bound first to a *guard* account whose
+password nobody knows, then to its real account. The guard never lets anyone
+in, keeps CHAP on when the real account is deleted (tgtuser stopped too early,
+a password change), and, being first, never leaves a hole in front of another
+account. A target bound by someone else without the guard is set offline
+(refuses logins) for as long as its account is missing.
+
+tgtd cannot tell us an account's password. To know whether an existing account
+is the one a configuration describes, the agent that created it leaves a
+ledger entry in the node's runtime directory: the creator and a salted SHA-256
+of the password (root-only file; /run is cleared with tgtd's accounts at boot).
+"""
+from __future__ import annotations
+
+import os
+
+from .mutex import FileMutex, state_dir
+from .ocf_runtime import ERR_CONFIGURED, OCFError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .tgtd import Target, TgtdControl
+
+GUARD_ACCOUNT = "tgtha-guard"
+OWNER_TGTUSER = "tgtuser"
+FORBIDDEN_IN_USERNAME = ", =\t\n\r\0"
+
+
+def check_username(name: str, parameter: str) -> str:
+    if not name:
+        raise OCFError(ERR_CONFIGURED, f"{parameter} is empty")
+    bad = sorted({c for c in name if c in FORBIDDEN_IN_USERNAME})
+    if bad:
+        raise OCFError(ERR_CONFIGURED, f"{parameter}={name!r} contains {''.join(bad)!r}; "
+                                       "tgt account names cannot hold commas, '=', or whitespace")
+    if len(name) > 255:
+        raise OCFError(ERR_CONFIGURED, f"{parameter} is longer than 255 characters")
+    if name == GUARD_ACCOUNT:
+        raise OCFError(ERR_CONFIGURED, f"{parameter}: {GUARD_ACCOUNT!r} is reserved by tgtha")
+    return name
+
+
+def check_password(password: str, parameter: str) -> str:
+    # Never quote the value: it is a secret.
+    if not password:
+        raise OCFError(ERR_CONFIGURED, f"{parameter} is empty")
+    if "\0" in password or "\n" in password:
+        raise OCFError(ERR_CONFIGURED, f"{parameter} contains a NUL or newline character")
+    if len(password) > 255:
+        raise OCFError(ERR_CONFIGURED, f"{parameter} is longer than 255 characters")
+    return password
+
+
+def config_lock(control_port: int, deadline: float) -> FileMutex:
+    """Node-wide mutex for structural changes to one tgtd (tids, accounts)."""
+    return FileMutex(os.path.join(state_dir(), f"tgtd{control_port}.lock"), deadline)
+
+
+# ------------------------------------------------------------ the ledger
+
+def _ledger_path(control_port: int, user: str) -> str:
+    return os.path.join(state_dir(), f"tgtd{control_port}-account-{user.encode().hex()}")
+
+
+def _digest(salt: bytes, password: str) -> str:
+    import hashlib  # ~17 ms: only on paths that create or compare accounts
+    return hashlib.sha256(salt + password.encode()).hexdigest()
+
+
+def record_account(control_port: int, user: str, password: str, owner: str) -> None:
+    salt = os.urandom(16)
+    path = _ledger_path(control_port, user)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as ledger:
+        ledger.write(f"{owner}\n{salt.hex()}\n{_digest(salt, password)}\n")
+    os.replace(temporary, path)
+
+
+def recorded_owner(control_port: int, user: str, password: str | None = None) -> str | None:
+    """Who created ``user`` (None: unknown); with ``password``, only if it matches."""
+    try:
+        with open(_ledger_path(control_port, user)) as ledger:
+            owner, salt, digest = ledger.read().split("\n")[:3]
+    except (FileNotFoundError, ValueError):
+        return None
+    if password is not None and _digest(bytes.fromhex(salt), password) != digest:
+        return None
+    return owner
+
+
+def forget_account(control_port: int, user: str) -> None:
+    try:
+        os.unlink(_ledger_path(control_port, user))
+    except FileNotFoundError:
+        pass
+
+
+# ------------------------------------------------------------ guarding
+
+def bound_targets(ctl: TgtdControl, user: str) -> tuple[list[int], list[int]]:
+    """Tids that have ``user`` as (incoming, outgoing) account."""
+    incoming, outgoing = [], []
+    for target in ctl.targets():
+        if user in target.incoming:
+            incoming.append(target.tid)
+        if target.outgoing == user:
+            outgoing.append(target.tid)
+    return incoming, outgoing
+
+
+def ensure_guard(ctl: TgtdControl) -> None:
+    from .tgtd import ERR_USER_EXIST, TgtdError
+    if GUARD_ACCOUNT in ctl.accounts():
+        return
+    try:
+        ctl.create_account(GUARD_ACCOUNT, os.urandom(24).hex())
+    except TgtdError as err:
+        if err.code != ERR_USER_EXIST:
+            raise
+
+
+def guards(target: Target, user: str) -> bool:
+    """True if the guard comes before ``user`` on ``target``: deleting ``user``
+    then leaves CHAP on and no hole."""
+    names = target.incoming
+    return GUARD_ACCOUNT in names and (user not in names or names.index(GUARD_ACCOUNT) < names.index(user))
+
+
+def close_unguarded(ctl: TgtdControl, user: str) -> list[Target]:
+    """Set offline every ready target that would be open, or crash tgtd, once
+    ``user`` is deleted; returns them (to reopen after a password change)."""
+    closed = []
+    for target in ctl.targets():
+        if user in target.incoming and not guards(target, user) and target.state == "ready":
+            ctl.set_target_state(target.tid, "offline")
+            closed.append(target)
+    return closed
+
+
+def drop_unused_guard(ctl: TgtdControl) -> None:
+    if GUARD_ACCOUNT not in ctl.accounts():
+        return
+    if any(bound_targets(ctl, GUARD_ACCOUNT)):
+        return
+    ctl.delete_account(GUARD_ACCOUNT)
+
+
+def replace_password(ctl: TgtdControl, user: str, password: str) -> list[int]:
+    """Give ``user`` a new password, keeping every binding and CHAP on throughout.
+
+    tgt cannot change a password in place: the account is deleted (which
+    unbinds it everywhere) and created again. Guarded targets refuse logins
+    in between; unguarded ones are offline for that moment. Returns the tids
+    that were rebound.
+    """
+    from .tgtd import ERR_NO_USER, TgtdError
+    incoming, outgoing = bound_targets(ctl, user)
+    closed = close_unguarded(ctl, user)
+    try:
+        ctl.delete_account(user)
+    except TgtdError as err:
+        if err.code != ERR_NO_USER:
+            raise
+    ctl.create_account(user, password)
+    for tid in incoming:
+        ctl.bind_account(tid, user)  # takes the slot it left: behind the guard
+    for tid in outgoing:
+        ctl.bind_account(tid, user, outgoing=True)
+    for target in closed:
+        ctl.set_target_state(target.tid, "ready")
+    return sorted(set(incoming) | set(outgoing))

@@ -1,0 +1,360 @@
+"""ocf:tgtha:iSCSITarget - an iSCSI target in tgtd, CHAP never silently off.
+
+Start: parameters are checked (a bad one is ERR_CONFIGURED, nothing touched)
+-> under the node's tgtd config lock, the tid is chosen and the target is
+created closed (tgt denies every initiator until an ACL names it) -> target
+parameters -> the CHAP account is bound -> only then the ACL opens it -> the
+result is read back and compared with the configuration; any failure deletes
+what this start made.
+
+Stop: new logins are refused (target state offline) -> tgt closes the
+sessions, and any connection it cannot close (a send queue stuck behind a
+silent initiator) is destroyed in the kernel -> the target is deleted -> only
+then accounts are touched: a shared account (tgtuser's) is never deleted, an
+own account only when no other target is bound to it.
+"""
+from __future__ import annotations
+
+import time
+
+from . import accounts
+from . import ocf_runtime as ocf
+from .iscsi_names import name_problem, parse_portal
+from .netaddr import Network
+from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
+from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
+from .tgtuser import parse_control_port, require_tgtd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .tgtd import Target
+
+OWNER = "iSCSITarget"
+MAX_TID = 2**31 - 1
+# How long stop lets tgt close sessions politely before destroying sockets.
+POLITE_CLOSE_S = 0.3
+
+
+class ISCSITarget(ocf.Agent):
+    NAME = "iSCSITarget"
+    PARAMETERS = {
+        "implementation": "tgt",
+        "iqn": "",
+        "tid": "",
+        "portals": "0.0.0.0:3260",
+        "iser_portals": "",
+        "allowed_initiators": "",
+        "incoming_username": "",
+        "incoming_password": "",
+        "additional_parameters": "",
+        "control_port": "0",
+    }
+
+    # ------------------------------------------------------------ parameters
+
+    @property
+    def iqn(self) -> str:
+        value = self.param("iqn")
+        problem = name_problem(value)
+        if problem:
+            raise OCFError(ERR_CONFIGURED, f"iqn={value!r} is not a valid iSCSI name: {problem}")
+        return value
+
+    @property
+    def tid(self) -> int | None:
+        value = self.param("tid").strip()
+        if not value:
+            return None
+        if not value.isdigit() or not 1 <= int(value) <= MAX_TID:
+            raise OCFError(ERR_CONFIGURED, f"tid={value!r} must be a number from 1 to {MAX_TID}")
+        return int(value)
+
+    @property
+    def portals(self) -> list[tuple[Network, int]]:
+        try:
+            return [parse_portal(p) for p in self.param("portals").split()]
+        except ValueError as err:
+            raise OCFError(ERR_CONFIGURED, f"portals: {err}") from None
+
+    @property
+    def allowed_initiators(self) -> list[str]:
+        """What the target's ACL must hold; empty means every initiator (tgt: ALL)."""
+        entries = self.param("allowed_initiators").split()
+        for entry in entries:
+            if entry == "ALL" or entry.startswith(("iqn.", "eui.", "naa.")):
+                problem = entry != "ALL" and name_problem(entry)
+                if problem:
+                    raise OCFError(ERR_CONFIGURED, f"allowed_initiators: {entry!r}: {problem}")
+                continue
+            try:
+                Network.parse(entry)
+            except ValueError:
+                raise OCFError(ERR_CONFIGURED, f"allowed_initiators: {entry!r} is neither an "
+                                               "iSCSI name, an IP address/network, nor ALL") from None
+        return entries or ["ALL"]
+
+    @property
+    def username(self) -> str:
+        value = self.param("incoming_username")
+        return accounts.check_username(value, "incoming_username") if value else ""
+
+    @property
+    def password(self) -> str:
+        value = self.param("incoming_password")
+        ocf.register_secret(value)
+        if value and not self.param("incoming_username"):
+            raise OCFError(ERR_CONFIGURED, "incoming_password is set without incoming_username")
+        return accounts.check_password(value, "incoming_password") if value else ""
+
+    @property
+    def shares_account(self) -> bool:
+        """Bind to an account someone else (tgtuser) owns, instead of making one."""
+        return bool(self.username) and not self.password
+
+    @property
+    def additional_parameters(self) -> list[tuple[str, str]]:
+        pairs = []
+        for item in self.param("additional_parameters").split():
+            name, equals, value = item.partition("=")
+            if not name or not equals or not value or "," in item:
+                raise OCFError(ERR_CONFIGURED, f"additional_parameters: {item!r} is not name=value")
+            pairs.append((name, value))
+        return pairs
+
+    @property
+    def control_port(self) -> int:
+        return parse_control_port(self.param("control_port"))
+
+    @property
+    def tgtd(self) -> TgtdControl:
+        return TgtdControl(self.control_port, self.deadline)
+
+    # ---------------------------------------------------------------- actions
+
+    def validate_all(self) -> int:
+        self._validate()
+        if self.shares_account:
+            try:
+                known = self.username in self.tgtd.accounts()
+            except TgtdUnreachable:
+                known = True  # cannot tell before tgtd runs; start checks again
+            if not known:
+                raise OCFError(ERR_CONFIGURED, self._no_account_reason())
+        return ocf.SUCCESS
+
+    def _validate(self) -> None:
+        implementation = self.param("implementation")
+        if implementation != "tgt":
+            raise OCFError(ERR_CONFIGURED, f"implementation={implementation!r} is not supported: "
+                           "ocf:tgtha:iSCSITarget manages tgt only (use ocf:heartbeat:iSCSITarget "
+                           "for iet, lio, lio-t or scst)")
+        if self.param("iser_portals"):
+            raise OCFError(ERR_CONFIGURED, "iser_portals is not supported with tgt "
+                                           "(tgt's iSER portals are configured in tgtd)")
+        self.iqn, self.tid, self.portals, self.allowed_initiators
+        self.username, self.password, self.additional_parameters, self.control_port
+        require_tgtd()
+
+    def monitor(self) -> int:
+        iqn = self.iqn
+        try:
+            target = self.tgtd.target_by_iqn(iqn)
+        except TgtdUnreachable:
+            return ocf.NOT_RUNNING  # no tgtd, no target
+        if target is None:
+            return ocf.NOT_RUNNING
+        problem = self._mismatch(target)
+        if problem:
+            raise OCFError(ERR_GENERIC, f"target {iqn} (tid {target.tid}): {problem}")
+        return ocf.SUCCESS
+
+    def start(self) -> int:
+        self._validate()
+        iqn = self.iqn
+        ctl = self.tgtd
+        try:
+            existing = ctl.target_by_iqn(iqn)
+            if existing is not None:
+                problem = self._mismatch(existing)
+                if problem is None:
+                    return ocf.SUCCESS
+                # Left by an interrupted start or stop: rebuild it from scratch.
+                ocf.log_warning(f"target {iqn} exists but {problem}; recreating it")
+                self._teardown(ctl, existing)
+            self._create(ctl, iqn)
+        except TgtdUnreachable as err:
+            raise OCFError(ERR_GENERIC, f"cannot start target {iqn}: {err}") from None
+        return ocf.SUCCESS
+
+    def stop(self) -> int:
+        iqn = self.iqn
+        ctl = self.tgtd
+        try:
+            target = ctl.target_by_iqn(iqn)
+            if target is not None:
+                self._teardown(ctl, target)
+            self._release_own_account(ctl)
+        except TgtdUnreachable as err:
+            if "not running" in str(err):
+                return ocf.SUCCESS  # no tgtd, no target
+            raise OCFError(ERR_GENERIC, f"cannot stop target {iqn}: {err}") from None
+        except TgtdError as err:
+            raise OCFError(ERR_GENERIC, f"cannot stop target {iqn}: {err}") from None
+        return ocf.SUCCESS
+
+    # ---------------------------------------------------------------- start
+
+    def _create(self, ctl: TgtdControl, iqn: str) -> None:
+        port = self.control_port
+        made_account = False
+        tid = None
+        try:
+            with accounts.config_lock(port, self.deadline):
+                tid = self._choose_tid(ctl, iqn)
+                made_account = self._check_account(ctl)
+                # A new tgt target has an empty ACL: nobody can log in yet.
+                ctl.create_target(tid, iqn)
+                for name, value in self.additional_parameters:
+                    ctl.update_target(tid, name, value)
+                if self.username:
+                    # The guard first: see accounts.py (CHAP stays on, no holes).
+                    accounts.ensure_guard(ctl)
+                    ctl.bind_account(tid, accounts.GUARD_ACCOUNT)
+                    ctl.bind_account(tid, self.username)
+                for initiator in self.allowed_initiators:
+                    ctl.bind_initiator(tid, initiator)
+            target = ctl.target_by_iqn(iqn)
+            problem = "it vanished right after creation" if target is None else self._mismatch(target)
+            if problem:
+                raise OCFError(ERR_GENERIC, f"target {iqn} was created but {problem}")
+        except BaseException as err:  # noqa: BLE001 - roll back on anything, even SIGTERM's exit
+            self._roll_back(ctl, tid, made_account)
+            if isinstance(err, TgtdError):
+                raise OCFError(ERR_GENERIC, f"cannot start target {iqn}: {err}") from None
+            raise
+
+    def _choose_tid(self, ctl: TgtdControl, iqn: str) -> int:
+        in_use = {t.tid: t.iqn for t in ctl.targets()}
+        wanted = self.tid
+        if wanted is None:
+            wanted = 1
+            while wanted in in_use:
+                wanted += 1
+            return wanted
+        if wanted in in_use:
+            raise OCFError(ERR_CONFIGURED, f"tid {wanted} is already used by target {in_use[wanted]} "
+                                           f"on this node; give {iqn} another tid, or none")
+        return wanted
+
+    def _check_account(self, ctl: TgtdControl) -> bool:
+        """Make sure the account can be bound; True if this start created it."""
+        user, password, port = self.username, self.password, self.control_port
+        if not user:
+            return False
+        exists = user in ctl.accounts()
+        if self.shares_account:
+            if not exists:
+                raise OCFError(ERR_INSTALLED, self._no_account_reason())
+            return False
+        if exists:
+            if accounts.recorded_owner(port, user, password) is None:
+                raise OCFError(ERR_CONFIGURED, f"account {user} already exists with another password "
+                               "(or was not made by tgtha); to share an account, run it with "
+                               "ocf:tgtha:tgtuser and leave incoming_password empty")
+            return False
+        ctl.create_account(user, password)
+        accounts.record_account(port, user, password, OWNER)
+        return True
+
+    def _no_account_reason(self) -> str:
+        return (f"account {self.username} does not exist on this node; incoming_username without "
+                "incoming_password binds to an account made by ocf:tgtha:tgtuser, which must run "
+                "here first (order and colocation constraints)")
+
+    def _roll_back(self, ctl: TgtdControl, tid: int | None, made_account: bool) -> None:
+        try:
+            if tid is not None:
+                target = ctl.target_by_iqn(self.iqn)
+                if target is not None and target.tid == tid:
+                    self._teardown(ctl, target)
+            if made_account:
+                self._release_own_account(ctl)
+        except Exception as err:  # noqa: BLE001 - report the first failure, not this one
+            ocf.log_error(f"rollback of target {self.iqn} incomplete: {err}")
+
+    # ---------------------------------------------------------------- stop
+
+    def _teardown(self, ctl: TgtdControl, target: Target) -> None:
+        tid = target.tid
+        try:
+            ctl.set_target_state(tid, "offline")  # new logins get "target error": retry later
+        except TgtdError as err:
+            if err.code != 4:  # the target went away meanwhile
+                raise
+        self._close_sessions(ctl, target)
+        ctl.delete_target(tid, force=True)
+
+    def _close_sessions(self, ctl: TgtdControl, target: Target) -> None:
+        if not target.nexuses:
+            return
+        for nexus in target.nexuses:
+            for connection in nexus.connections:
+                ctl.delete_connection(target.tid, nexus.sid, connection.cid)
+        polite_until = min(time.monotonic() + POLITE_CLOSE_S, self.deadline)
+        current = target
+        while current is not None and current.nexuses and time.monotonic() < polite_until:
+            time.sleep(0.02)
+            current = ctl.target_by_iqn(target.iqn)
+        if current is None or not current.nexuses:
+            return
+        # tgt waits for a connection's send queue to drain before it lets go,
+        # which never happens behind a silent initiator: abort in the kernel.
+        from .netaddr import PortSet
+        from .sockdiag import SocketDestroyUnsupported, close_sockets
+        peers = [Network.parse(c.address) for n in current.nexuses for c in n.connections if c.address]
+        for portal, port in self.portals:
+            specific = portal.packed.strip(b"\0") != b""
+            local = portal if specific else Network.parse("::/0" if portal.family == 6 else "0.0.0.0/0")
+            try:
+                close_sockets(local, PortSet.parse(str(port)), self.deadline,
+                              peers=None if specific else peers)
+            except SocketDestroyUnsupported as err:
+                ocf.log_warning(f"cannot destroy connections of {target.iqn}: {err}")
+            if not specific and peers:
+                ocf.log_info(f"closed every connection from {', '.join(sorted({str(p) for p in peers}))} "
+                             f"to port {port}: with a wildcard portal, sessions to other targets "
+                             "from those hosts reconnect too (set portals to the target's address)")
+
+    def _release_own_account(self, ctl: TgtdControl) -> None:
+        """Delete the account this target made, unless another target still uses it."""
+        user, port = self.username, self.control_port
+        with accounts.config_lock(port, self.deadline):
+            if user and not self.shares_account and accounts.recorded_owner(port, user) == OWNER \
+                    and user in ctl.accounts() and not any(accounts.bound_targets(ctl, user)):
+                ctl.delete_account(user)
+                accounts.forget_account(port, user)
+            accounts.drop_unused_guard(ctl)
+
+    # ---------------------------------------------------------------- checks
+
+    def _mismatch(self, target: Target) -> str | None:
+        """How ``target`` differs from the configuration, or None."""
+        if self.tid is not None and target.tid != self.tid:
+            return f"it runs as tid {target.tid}, configured tid is {self.tid}"
+        if target.state != "ready":
+            return f"its state is {target.state!r}, not ready (an interrupted stop?)"
+        wanted = [accounts.GUARD_ACCOUNT, self.username] if self.username else []
+        if target.incoming != wanted:
+            if self.username and target.incoming == [accounts.GUARD_ACCOUNT]:
+                return (f"its account {self.username} is no longer bound (deleted while the target "
+                        "ran: tgtuser stopped first?); it refuses every login")
+            if not target.incoming and self.username:
+                return f"its account {self.username} is not bound: it accepts logins without CHAP"
+            return f"its incoming accounts are {target.incoming}, configured {wanted or 'none'}"
+        if sorted(target.acls) != sorted(self.allowed_initiators):
+            return f"its ACL is {target.acls}, configured {self.allowed_initiators}"
+        return None
+
+
+def main() -> None:
+    ocf.main(ISCSITarget)
