@@ -131,12 +131,13 @@ def agent_env(state: Path, instance: str, params: dict[str, str], meta: dict[str
 
 
 def run_agent(agent: str, action: str, params: dict[str, str], *, ns: Netns | None, state: Path,
-              instance: str = "rsc", meta: dict[str, str] | None = None, timeout: float = 60) -> AgentRun:
+              instance: str = "rsc", meta: dict[str, str] | None = None, timeout: float = 60,
+              env: dict[str, str] | None = None) -> AgentRun:
     argv = [str(AGENTS / agent), action]
     if ns is not None:
         argv = ns.exec_argv(*argv)
-    proc = subprocess.run(argv, env=agent_env(state, instance, params, meta), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(argv, env={**agent_env(state, instance, params, meta), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
     return AgentRun(proc)
 
 
@@ -196,6 +197,62 @@ def start_tgtd(tmp_path):
     yield start
     for tgtd in started:
         tgtd.stop()
+
+
+class IscsiLab:
+    """A target node (namespace + real tgtd) and an initiator namespace, joined by a veth.
+
+    ``agent()`` runs an agent action on the target node against this tgtd;
+    ``login()`` is a real libiscsi login from the initiator namespace.
+    """
+
+    TARGET_IP, CLIENT_IP = "10.82.0.1", "10.82.0.2"
+
+    def __init__(self, make_netns, start_tgtd, state: Path, tmp_path: Path) -> None:
+        self.node, self.client = make_netns("node"), make_netns("client")
+        veth_pair(self.node, self.client, f"{self.TARGET_IP}/24", f"{self.CLIENT_IP}/24")
+        self.tgtd = start_tgtd(self.node, self.TARGET_IP)
+        self.state = state
+        self.tmp_path = tmp_path
+        self.agent_runs: list[AgentRun] = []
+
+    def agent(self, agent: str, action: str, params: dict[str, str], instance: str = "rsc",
+              meta: dict[str, str] | None = None, env: dict[str, str] | None = None) -> AgentRun:
+        params = {"control_port": str(self.tgtd.control_port), **params}
+        result = run_agent(agent, action, params, ns=self.node, state=self.state, instance=instance,
+                           meta=meta, env=env)
+        self.agent_runs.append(result)
+        return result
+
+    def show(self) -> str:
+        return self.tgtd.tgtadm("--mode", "target", "--op", "show").stdout
+
+    def accounts(self) -> list[str]:
+        out = self.tgtd.tgtadm("--mode", "account", "--op", "show").stdout
+        return [line.strip() for line in out.splitlines() if line.startswith(" ")]
+
+    def url(self, iqn: str, lun: int = 0, user: str = "", password: str = "") -> str:
+        credentials = f"{user}%{password}@" if user else ""
+        return f"iscsi://{credentials}{self.TARGET_IP}/{iqn}/{lun}"
+
+    def login(self, iqn: str, user: str = "", password: str = "") -> bool:
+        """A full libiscsi login and INQUIRY (iscsi-inq) from the initiator namespace."""
+        result = self.client.run("iscsi-inq", "-i", "iqn.2026-11.test.tgtha:client",
+                                 self.url(iqn, 0, user, password), check=False, timeout=30)
+        return result.returncode == 0
+
+    def make_backing_file(self, name: str, size_mib: int = 64) -> Path:
+        path = self.tmp_path / name
+        with open(path, "wb") as backing:
+            backing.truncate(size_mib << 20)
+        return path
+
+
+@pytest.fixture
+def iscsi_lab(make_netns, start_tgtd, state_dir, tmp_path) -> IscsiLab:
+    if shutil.which("iscsi-inq") is None:
+        pytest.skip("libiscsi-bin not installed")
+    return IscsiLab(make_netns, start_tgtd, state_dir, tmp_path)
 
 
 # ------------------------------------------------------------------ report

@@ -75,3 +75,27 @@ def try_login(address: str, target_iqn: str, port: int = 3260, timeout: float = 
     if status_class == 3:
         return TARGET_ERROR
     return OTHER_REFUSAL
+
+
+def probe_until(address: str, iqns: list[str], stop_file: str, out_file: str) -> None:
+    """Try every target in turn, as fast as possible, until ``stop_file`` exists;
+    write the outcome counts (and the first successes) to ``out_file`` as JSON."""
+    import json
+    counts: dict[str, int] = {}
+    got_in: list[str] = []
+    with open(out_file + ".ready", "w"):
+        pass
+    while not os.path.exists(stop_file):
+        for iqn in iqns:
+            outcome = try_login(address, iqn, timeout=1.0)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == GOT_IN and len(got_in) < 20:
+                got_in.append(iqn)
+    with open(out_file, "w") as out:
+        json.dump({"counts": counts, "got_in": got_in}, out)
+
+
+if __name__ == "__main__":
+    import sys
+    # iscsi_login.py ADDRESS STOP_FILE OUT_FILE IQN...
+    probe_until(sys.argv[1], sys.argv[4:], sys.argv[2], sys.argv[3])

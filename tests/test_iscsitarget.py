@@ -1,0 +1,421 @@
+"""ocf:tgtha:iSCSITarget with ocf:tgtha:tgtuser: many targets, one CHAP account, CHAP never off.
+
+Real tgtd in a namespace, real libiscsi logins (iscsi-inq, iscsi-perf) from
+another namespace, and a prober that offers AuthMethod=None to every target
+in a tight loop (tests/iscsi_login.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import AGENTS, agent_env, needs_root
+from iscsi_login import GOT_IN
+
+pytestmark = needs_root
+
+USER, PASSWORD = "cluster", "Shared-Secret-0123"
+BASE_IQN = "iqn.2026-11.test.tgtha:target"
+TESTS = Path(__file__).parent
+
+
+def iqn(n: int) -> str:
+    return f"{BASE_IQN}{n}"
+
+
+def shared_target(n: int, **extra: str) -> dict[str, str]:
+    return {"iqn": iqn(n), "incoming_username": USER, **extra}
+
+
+def account(password: str = PASSWORD) -> dict[str, str]:
+    return {"username": USER, "password": password}
+
+
+@contextmanager
+def prober(lab, iqns: list[str]):
+    """Unauthenticated login attempts against every target until the block ends."""
+    stop_file, out_file = lab.tmp_path / "probe.stop", lab.tmp_path / "probe.json"
+    proc = subprocess.Popen(lab.client.exec_argv(sys.executable, str(TESTS / "iscsi_login.py"),
+                                                 lab.TARGET_IP, str(stop_file), str(out_file), *iqns))
+    result: dict = {}
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(str(out_file) + ".ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield result
+    finally:
+        stop_file.touch()
+        proc.wait(timeout=30)
+        result.update(json.loads(out_file.read_text()))
+
+
+@contextmanager
+def loaded(lab, target_iqn: str, lun: int = 1, password: str = PASSWORD):
+    """iscsi-perf reading from a LUN with CHAP, reconnecting whenever it is cut off."""
+    log = open(lab.tmp_path / f"perf-{time.monotonic_ns()}.log", "w")
+    proc = subprocess.Popen(lab.client.exec_argv(
+        "iscsi-perf", "-i", "iqn.2026-11.test.tgtha:loader", "-m", "32", "-b", "256", "-x", "-1",
+        lab.url(target_iqn, lun, USER, password)), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+def add_lun(lab, tid: int, lun: int = 1) -> None:
+    backing = lab.make_backing_file(f"t{tid}-lun{lun}.img")
+    lab.tgtd.tgtadm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", str(lun),
+                    "-b", str(backing))
+
+
+def tid_of(lab, target_iqn: str) -> int:
+    match = re.search(rf"^Target (\d+): {re.escape(target_iqn)}$", lab.show(), re.M)
+    assert match, f"{target_iqn} not in tgtd"
+    return int(match.group(1))
+
+
+def wait_for_sessions(lab, target_iqn: str, within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        block = lab.show().split(f": {target_iqn}\n", 1)[1].split("\nTarget ", 1)[0]
+        if "I_T nexus: " in block:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"no initiator session reached {target_iqn}")
+
+
+# ---------------------------------------------------------------- the shared account
+
+def test_six_targets_share_one_account_and_refuse_everyone_else(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    for n in range(1, 7):
+        assert lab.agent("iSCSITarget", "start", shared_target(n), instance=f"t{n}").rc == 0
+    for n in range(1, 7):
+        assert lab.login(iqn(n), USER, PASSWORD), f"CHAP login to target {n}"
+        assert not lab.login(iqn(n), USER, "wrong-password-99")
+        assert not lab.login(iqn(n))
+
+    # Stop one, then all but one: the rest keep working and keep refusing.
+    assert lab.agent("iSCSITarget", "stop", shared_target(3), instance="t3").rc == 0
+    assert USER in lab.accounts()
+    for n in (1, 2, 4, 5, 6):
+        assert lab.login(iqn(n), USER, PASSWORD) and not lab.login(iqn(n))
+    for n in (1, 2, 4, 5):
+        assert lab.agent("iSCSITarget", "stop", shared_target(n), instance=f"t{n}").rc == 0
+    assert lab.login(iqn(6), USER, PASSWORD) and not lab.login(iqn(6))
+    assert lab.agent("iSCSITarget", "monitor", shared_target(6), instance="t6").rc == 0
+    assert lab.agent("iSCSITarget", "stop", shared_target(6), instance="t6").rc == 0
+    assert lab.agent("tgtuser", "stop", account()).rc == 0
+    assert lab.accounts() == [] and "Target" not in lab.show()
+
+
+def test_no_unauthenticated_login_gets_in_through_starts_stops_kills_reloads_and_loaded_stops(
+        iscsi_lab, report):
+    lab = iscsi_lab
+    targets = list(range(1, 7))
+    password = PASSWORD
+    with prober(lab, [iqn(n) for n in targets]) as probed:
+        assert lab.agent("tgtuser", "start", account()).rc == 0
+        for n in targets:
+            assert lab.agent("iSCSITarget", "start", shared_target(n), instance=f"t{n}").rc == 0
+        for n in targets[:5]:
+            assert lab.agent("iSCSITarget", "stop", shared_target(n), instance=f"t{n}").rc == 0
+            assert lab.agent("iSCSITarget", "start", shared_target(n), instance=f"t{n}").rc == 0
+
+        # kill -9 in the middle of a start, then what Pacemaker does: stop, start.
+        env = agent_env(lab.state, "t6", {"control_port": str(lab.tgtd.control_port), **shared_target(6)})
+        for delay in (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.045, 0.06, 0.1):
+            assert lab.agent("iSCSITarget", "stop", shared_target(6), instance="t6").rc == 0
+            start = subprocess.Popen(lab.node.exec_argv(str(AGENTS / "iSCSITarget"), "start"), env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            start.kill()
+            start.wait()
+            assert lab.agent("iSCSITarget", "stop", shared_target(6), instance="t6").rc == 0
+            assert lab.agent("iSCSITarget", "start", shared_target(6), instance="t6").rc == 0
+
+        # New passwords, applied by reload while the targets run.
+        for round_ in range(3):
+            password = f"Rotated-Secret-{round_}"
+            assert lab.agent("tgtuser", "reload", account(password)).rc == 0
+            assert lab.login(iqn(1), USER, password) and not lab.login(iqn(1), USER, PASSWORD)
+
+        # Stops under load, the initiator reconnecting all the while.
+        add_lun(lab, tid_of(lab, iqn(1)))
+        for _ in range(3):
+            with loaded(lab, iqn(1), password=password):
+                wait_for_sessions(lab, iqn(1))
+                assert lab.agent("iSCSITarget", "stop", shared_target(1), instance="t1").rc == 0
+                assert lab.agent("iSCSITarget", "start", shared_target(1), instance="t1").rc == 0
+                add_lun(lab, tid_of(lab, iqn(1)))
+                time.sleep(0.5)
+        for n in targets:
+            assert lab.agent("iSCSITarget", "monitor", shared_target(n), instance=f"t{n}").rc == 0
+    attempts = sum(probed["counts"].values())
+    report(f"unauthenticated prober: {attempts} login attempts over 6 targets, outcomes "
+           f"{probed['counts']}, got in: {probed['counts'].get(GOT_IN, 0)}")
+    assert attempts > 1000
+    assert probed["counts"].get(GOT_IN, 0) == 0, probed["got_in"]
+
+
+@pytest.mark.parametrize("portals", ["10.82.0.1:3260", "0.0.0.0:3260"])
+@pytest.mark.parametrize("initiator", ["reconnecting", "frozen"])
+def test_target_stop_under_load_takes_under_two_seconds(iscsi_lab, report, portals, initiator):
+    lab = iscsi_lab
+    params = shared_target(1, portals=portals)
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    took = []
+    for _ in range(3):
+        assert lab.agent("iSCSITarget", "start", params).rc == 0
+        add_lun(lab, tid_of(lab, iqn(1)))
+        with loaded(lab, iqn(1)) as perf:
+            wait_for_sessions(lab, iqn(1))
+            time.sleep(1.0)
+            if initiator == "frozen":
+                os.kill(perf.pid, signal.SIGSTOP)  # zero window: tgtd's send queue stays full
+                time.sleep(1.0)
+            began = time.monotonic()
+            stop = lab.agent("iSCSITarget", "stop", params)
+            took.append(time.monotonic() - began)
+            assert stop.rc == 0, stop
+            assert iqn(1) not in lab.show()
+    report(f"iSCSITarget stop under iscsi-perf load ({initiator}, portals={portals}): "
+           + ", ".join(f"{t:.2f}" for t in took) + " s")
+    assert max(took) < 2.0
+
+
+# ---------------------------------------------------------------- accounts
+
+def test_tgtuser_reload_changes_the_password_without_touching_sessions(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", shared_target(1)).rc == 0
+    add_lun(lab, tid_of(lab, iqn(1)))
+    with loaded(lab, iqn(1)) as perf:
+        wait_for_sessions(lab, iqn(1))
+        sessions_before = re.findall(r"I_T nexus: \d+", lab.show())
+        assert lab.agent("tgtuser", "reload", account("Brand-New-Secret")).rc == 0
+        time.sleep(1)
+        assert re.findall(r"I_T nexus: \d+", lab.show()) == sessions_before
+        assert perf.poll() is None
+    assert lab.login(iqn(1), USER, "Brand-New-Secret")
+    assert not lab.login(iqn(1), USER, PASSWORD)
+    assert lab.agent("iSCSITarget", "monitor", shared_target(1)).rc == 0
+    assert lab.agent("tgtuser", "monitor", account("Brand-New-Secret")).rc == 0
+
+
+def test_tgtuser_stop_before_its_targets_locks_them_instead_of_opening_them(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    for n in (1, 2):
+        assert lab.agent("iSCSITarget", "start", shared_target(n), instance=f"t{n}").rc == 0
+    stop = lab.agent("tgtuser", "stop", account())
+    assert stop.rc == 0
+    assert "still bound to target(s)" in stop.stderr and "Missing constraint" in stop.stderr
+    for n in (1, 2):
+        assert not lab.login(iqn(n)) and not lab.login(iqn(n), USER, PASSWORD)
+        monitor = lab.agent("iSCSITarget", "monitor", shared_target(n), instance=f"t{n}")
+        assert monitor.rc == 1 and "no longer bound" in monitor.exit_reason
+    for n in (1, 2):
+        assert lab.agent("iSCSITarget", "stop", shared_target(n), instance=f"t{n}").rc == 0
+    assert lab.accounts() == []  # the guard goes with the last target that held it
+
+
+def test_tgtuser_stop_closes_a_target_bound_by_hand_without_the_guard(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    lab.tgtd.tgtadm("--op", "new", "--mode", "target", "--tid", "9", "-T", iqn(9))
+    lab.tgtd.tgtadm("--op", "bind", "--mode", "target", "--tid", "9", "-I", "ALL")
+    lab.tgtd.tgtadm("--mode", "account", "--op", "bind", "--tid", "9", "--user", USER)
+    assert lab.agent("tgtuser", "stop", account()).rc == 0
+    assert "State: offline" in lab.show()
+    assert not lab.login(iqn(9))
+
+
+def test_own_account_targets_share_it_and_the_last_one_deletes_it(iscsi_lab):
+    lab = iscsi_lab
+    own = {"incoming_username": "own", "incoming_password": "Own-Secret-000"}
+    for n in (1, 2):
+        assert lab.agent("iSCSITarget", "start", {"iqn": iqn(n), **own}, instance=f"t{n}").rc == 0
+    assert lab.login(iqn(2), "own", "Own-Secret-000") and not lab.login(iqn(2))
+    assert lab.agent("iSCSITarget", "stop", {"iqn": iqn(1), **own}, instance="t1").rc == 0
+    assert "own" in lab.accounts() and lab.login(iqn(2), "own", "Own-Secret-000")
+    assert lab.agent("iSCSITarget", "stop", {"iqn": iqn(2), **own}, instance="t2").rc == 0
+    assert lab.accounts() == []
+
+
+def test_own_account_mode_never_deletes_tgtusers_account(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    params = {"iqn": iqn(1), "incoming_username": USER, "incoming_password": PASSWORD}
+    assert lab.agent("iSCSITarget", "start", params).rc == 0
+    assert lab.agent("iSCSITarget", "stop", params).rc == 0
+    assert USER in lab.accounts()
+
+
+def test_own_account_with_another_password_than_the_existing_one_is_refused(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    params = {"iqn": iqn(1), "incoming_username": USER, "incoming_password": "Not-The-Same-1"}
+    start = lab.agent("iSCSITarget", "start", params)
+    assert start.rc == 6 and "already exists with another password" in start.exit_reason
+    assert "Not-The-Same-1" not in start.stderr + start.stdout
+    assert "Target" not in lab.show()
+
+
+# ---------------------------------------------------------------- OCF behaviour
+
+def test_start_and_stop_are_idempotent_and_probes_say_not_running(iscsi_lab):
+    lab = iscsi_lab
+    params = {"iqn": iqn(1)}
+    assert lab.agent("iSCSITarget", "monitor", params).rc == 7
+    assert lab.agent("iSCSITarget", "stop", params).rc == 0
+    assert lab.agent("iSCSITarget", "start", params).rc == 0
+    assert lab.agent("iSCSITarget", "start", params).rc == 0
+    assert lab.agent("iSCSITarget", "monitor", params, meta={"interval": "10000"}).rc == 0
+    assert lab.login(iqn(1))  # no account configured: open, as asked, and ACL ALL by default
+    assert lab.agent("iSCSITarget", "stop", params).rc == 0
+    assert lab.agent("iSCSITarget", "stop", params).rc == 0
+    assert lab.agent("tgtuser", "monitor", account()).rc == 7
+    assert lab.agent("tgtuser", "stop", account()).rc == 0
+
+
+def test_tids_are_allocated_without_collisions_even_in_parallel(iscsi_lab):
+    lab = iscsi_lab
+    lab.tgtd.tgtadm("--op", "new", "--mode", "target", "--tid", "2", "-T", "iqn.2026-11.test:someone-else")
+    threads = [threading.Thread(target=lab.agent, args=("iSCSITarget", "start", {"iqn": iqn(n)}),
+                                kwargs={"instance": f"t{n}"}) for n in range(1, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(run.rc == 0 for run in lab.agent_runs), lab.agent_runs
+    tids = sorted(int(t) for t in re.findall(r"^Target (\d+):", lab.show(), re.M))
+    assert tids == list(range(1, 10))
+
+
+def test_monitor_is_exact(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", shared_target(10, tid="10")).rc == 0
+    # The stock agent's unanchored match would call ...target1 running here.
+    assert lab.agent("iSCSITarget", "monitor", shared_target(1)).rc == 7
+    wrong_tid = lab.agent("iSCSITarget", "monitor", shared_target(10, tid="11"))
+    assert wrong_tid.rc == 1 and "tid 10" in wrong_tid.exit_reason
+    other_acl = lab.agent("iSCSITarget", "monitor", shared_target(10, tid="10", allowed_initiators="10.82.0.2"))
+    assert other_acl.rc == 1 and "ACL" in other_acl.exit_reason
+    no_chap = lab.agent("iSCSITarget", "monitor", {"iqn": iqn(10), "tid": "10"})
+    assert no_chap.rc == 1 and "incoming accounts" in no_chap.exit_reason
+    lab.tgtd.tgtadm("--mode", "account", "--op", "unbind", "--tid", "10", "--user", USER)
+    lost = lab.agent("iSCSITarget", "monitor", shared_target(10, tid="10"))
+    assert lost.rc == 1 and "no longer bound" in lost.exit_reason
+    # A start repairs it (rebuilds the target), after which it is exact again.
+    assert lab.agent("iSCSITarget", "start", shared_target(10, tid="10")).rc == 0
+    assert lab.agent("iSCSITarget", "monitor", shared_target(10, tid="10")).rc == 0
+
+
+@pytest.mark.parametrize("params, rc, reason", [
+    ({"iqn": "iqn.2026-11.Test:Upper"}, 6, "lower case"),
+    ({"iqn": "target1"}, 6, "iqn., eui. or naa."),
+    ({"iqn": iqn(1), "tid": "0"}, 6, "tid"),
+    ({"iqn": iqn(1), "tid": "x"}, 6, "tid"),
+    ({"iqn": iqn(1), "portals": "10.82.0.1:99999"}, 6, "portals"),
+    ({"iqn": iqn(1), "allowed_initiators": "10.82.0.300"}, 6, "allowed_initiators"),
+    ({"iqn": iqn(1), "implementation": "lio"}, 6, "tgt only"),
+    ({"iqn": iqn(1), "iser_portals": "10.82.0.1"}, 6, "iser"),
+    ({"iqn": iqn(1), "incoming_password": "Lonely-Password-1"}, 6, "without incoming_username"),
+    ({"iqn": iqn(1), "incoming_username": "a,b"}, 6, "commas"),
+    ({"iqn": iqn(1), "incoming_username": "nobody-made-me"}, 5, "does not exist on this node"),
+    ({"iqn": iqn(1), "additional_parameters": "novalue"}, 6, "name=value"),
+    ({"iqn": iqn(1), "additional_parameters": "NoSuchTgtParameter=1"}, 1, "NoSuchTgtParameter"),
+    ({"iqn": iqn(1), "tid": "5"}, 6, "already used by target iqn.2026-11.test:holder"),
+])
+def test_bad_input_is_refused_with_a_reason_and_leaves_nothing(iscsi_lab, params, rc, reason):
+    lab = iscsi_lab
+    lab.tgtd.tgtadm("--op", "new", "--mode", "target", "--tid", "5", "-T", "iqn.2026-11.test:holder")
+    before = (lab.show(), lab.accounts())
+    start = lab.agent("iSCSITarget", "start", params)
+    assert (start.rc, reason in start.exit_reason) == (rc, True), start
+    assert (lab.show(), lab.accounts()) == before
+    assert "Lonely-Password-1" not in start.stderr
+
+
+def test_tgtd_not_running_and_not_installed(iscsi_lab):
+    lab = iscsi_lab
+    lab.tgtd.stop()
+    start = lab.agent("iSCSITarget", "start", {"iqn": iqn(1)})
+    assert start.rc == 1 and "tgtd is not running" in start.exit_reason
+    assert lab.agent("iSCSITarget", "monitor", {"iqn": iqn(1)}).rc == 7
+    assert lab.agent("iSCSITarget", "stop", {"iqn": iqn(1)}).rc == 0
+    assert lab.agent("tgtuser", "stop", account()).rc == 0
+    # Without the tgt package (tgtd hidden in a private mount namespace):
+    hide = ["unshare", "--mount", "sh", "-c", 'mount --bind /dev/null "$(command -v tgtd)" && exec "$@"', "-"]
+    for agent, params in (("iSCSITarget", {"iqn": iqn(1)}), ("tgtuser", account())):
+        env = agent_env(lab.state, "rsc", params)
+        proc = subprocess.run(hide + [str(AGENTS / agent), "start"], env=env, capture_output=True, text=True)
+        assert proc.returncode == 5 and "tgtd is not installed" in proc.stderr
+
+
+def test_the_password_never_reaches_a_command_line_a_log_or_a_trace(iscsi_lab, report):
+    lab = iscsi_lab
+    secret = "Very-Secret-Chap-4711"
+    samples, seen = 0, []
+    stop = threading.Event()
+
+    def sample_cmdlines() -> None:
+        nonlocal samples
+        while not stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            if secret.encode() in f.read():
+                                seen.append(pid)
+                    except OSError:
+                        pass
+            samples += 1
+
+    sampler = threading.Thread(target=sample_cmdlines)
+    sampler.start()
+    trace = {"OCF_TRACE_RA": "1", "HA_debug": "1"}
+    try:
+        for _ in range(5):
+            assert lab.agent("tgtuser", "start", account(secret), env=trace).rc == 0
+            for n in (1, 2):
+                own = {"iqn": iqn(n + 2), "incoming_username": "own", "incoming_password": secret}
+                assert lab.agent("iSCSITarget", "start", own, env=trace, instance=f"o{n}").rc == 0
+                assert lab.agent("iSCSITarget", "start", shared_target(n), env=trace, instance=f"t{n}").rc == 0
+            assert lab.agent("tgtuser", "reload", account(secret + "x"), env=trace).rc == 0
+            assert lab.agent("tgtuser", "reload", account(secret), env=trace).rc == 0
+            # Failures print reasons: none of them may carry the secret.
+            lab.agent("iSCSITarget", "start", {"iqn": iqn(7), "incoming_username": USER,
+                                               "incoming_password": secret + "-other"}, env=trace)
+            lab.agent("tgtuser", "start", {"username": "bad,name", "password": secret}, env=trace)
+            for n in (1, 2):
+                own = {"iqn": iqn(n + 2), "incoming_username": "own", "incoming_password": secret}
+                assert lab.agent("iSCSITarget", "stop", own, env=trace, instance=f"o{n}").rc == 0
+                assert lab.agent("iSCSITarget", "stop", shared_target(n), env=trace, instance=f"t{n}").rc == 0
+            assert lab.agent("tgtuser", "stop", account(secret), env=trace).rc == 0
+    finally:
+        stop.set()
+        sampler.join()
+    report(f"password on a command line: sampled /proc/*/cmdline {samples} times during "
+           f"{len(lab.agent_runs)} agent runs, found {len(seen)}")
+    assert samples > 20 and seen == []
+    outputs = "".join(run.stdout + run.stderr for run in lab.agent_runs)
+    assert secret not in outputs
+    assert secret not in Path(lab.tgtd.log.name).read_text()
