@@ -1,11 +1,13 @@
 #!/usr/bin/python3
-"""Latency of tgtha's portblock next to the stock ocf:heartbeat:portblock, same run.
+"""Latency of tgtha's agents next to the stock ocf:heartbeat: ones, same run.
 
-Runs both agents in one throw-away network namespace, the way pacemaker-execd
-runs them (one process per action, parameters in the environment), and prints
+Runs both in one throw-away network namespace, the way pacemaker-execd runs
+them (one process per action, parameters in the environment), and prints
 medians and the ratio ours/stock. A benchmark, not a test: nothing is asserted.
+The iSCSITarget cases run a real tgtd on control port 0 (the one the stock
+agent's tgtadm talks to) inside the namespace.
 
-    sudo bench/agent_latency.py [--runs N]
+    sudo bench/agent_latency.py [--runs N] [--only portblock|iSCSITarget]
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OURS = REPO / "agents" / "portblock"
-STOCK = Path("/usr/lib/ocf/resource.d/heartbeat/portblock")
+OURS = REPO / "agents"
+STOCK = Path("/usr/lib/ocf/resource.d/heartbeat")
 NS = f"tgtha-bench-{os.getpid()}"
 
 
@@ -62,31 +64,75 @@ def measure(agent: Path, params: dict[str, str], runs: int) -> dict[str, float]:
     return result
 
 
+def compare(title: str, agent: str, cases, runs: int) -> None:
+    print(f"\n{title}, median of {runs} runs each, ms (ratio = tgtha / stock)")
+    print(f"{'case':40} {'op':11} {'stock':>8} {'tgtha':>8} {'ratio':>6}")
+    for name, stock_params, our_params in cases:
+        stock = measure(STOCK / agent, stock_params, runs)
+        ours = measure(OURS / agent, our_params, runs)
+        for op in ("monitor", "start+stop", "meta-data"):
+            print(f"{name:40.40} {op:11} {stock[op]:8.1f} {ours[op]:8.1f} {ours[op] / stock[op]:6.2f}")
+        if stock["monitor rc"] != ours["monitor rc"]:
+            print(f"{'':40} note: monitor rc stock={stock['monitor rc']} tgtha={ours['monitor rc']}")
+
+
+def portblock_cases():
+    base = {"protocol": "tcp", "portno": "3260", "ip": "10.80.0.1"}
+    block, unblock = {**base, "action": "block"}, {**base, "action": "unblock"}
+    reject = {**base, "action": "block", "method": "reject", "direction": "out"}
+    return [("block (stock params)", block, block),
+            ("unblock (stock params)", unblock, unblock),
+            ("block, reject out [tgtha status_check=rule]", reject, {**reject, "status_check": "rule"})]
+
+
+def iscsitarget_cases():
+    stock_own = {"implementation": "tgt", "iqn": "iqn.2026-11.bench.tgtha:t1", "tid": "1",
+                 "incoming_username": "own", "incoming_password": "Bench-Secret-1"}
+    shared = {"iqn": "iqn.2026-11.bench.tgtha:t1", "tid": "1", "incoming_username": "shared"}
+    return [("own account (stock params)", stock_own, stock_own),
+            ("own account [tgtha: shared, tgtuser]", stock_own, shared)]
+
+
+class Tgtd:
+    """tgtd on control port 0 in the bench namespace (what the stock agent talks to)."""
+
+    SOCKET = "/var/run/tgtd/socket.0"
+
+    def __enter__(self):
+        if os.path.exists(self.SOCKET):
+            sys.exit(f"{self.SOCKET} exists: a tgtd on control port 0 is running; stop it first")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", NS, "tgtd", "-f", "--iscsi", "portal=127.0.0.1:3260"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while subprocess.run(["tgtadm", "--op", "show", "--mode", "sys"], capture_output=True).returncode:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+        for leftover in (self.SOCKET, self.SOCKET + ".lock"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--only", choices=["portblock", "iSCSITarget"])
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespace)")
     subprocess.run(["ip", "netns", "add", NS], check=True)
+    subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
     try:
-        base = {"protocol": "tcp", "portno": "3260", "ip": "10.80.0.1"}
-        cases = [
-            ("block (stock params)", {**base, "action": "block"}, {}),
-            ("unblock (stock params)", {**base, "action": "unblock"}, {}),
-            ("block, reject out", {**base, "action": "block", "method": "reject", "direction": "out"},
-             {"status_check": "rule"}),
-        ]
-        print(f"portblock latency, median of {args.runs} runs each, ms (ratio = tgtha / stock)")
-        print(f"{'case':34} {'op':11} {'stock':>8} {'tgtha':>8} {'ratio':>6}")
-        for name, params, ours_extra in cases:
-            stock = measure(STOCK, params, args.runs)
-            ours = measure(OURS, {**params, **ours_extra}, args.runs)
-            label = name + (" [tgtha status_check=rule]" if ours_extra else "")
-            for op in ("monitor", "start+stop", "meta-data"):
-                print(f"{label:34.34} {op:11} {stock[op]:8.1f} {ours[op]:8.1f} {ours[op] / stock[op]:6.2f}")
-            if stock["monitor rc"] != ours["monitor rc"]:
-                print(f"{'':34} note: monitor rc stock={stock['monitor rc']} tgtha={ours['monitor rc']}")
+        if args.only in (None, "portblock"):
+            compare("portblock", "portblock", portblock_cases(), args.runs)
+        if args.only in (None, "iSCSITarget"):
+            with Tgtd(), tempfile.TemporaryDirectory() as state:
+                account = env_for(state, {"username": "shared", "password": "Bench-Secret-1"})
+                subprocess.run(["ip", "netns", "exec", NS, str(OURS / "tgtuser"), "start"], env=account, check=True)
+                compare("iSCSITarget (implementation tgt)", "iSCSITarget", iscsitarget_cases(), args.runs)
+                subprocess.run(["ip", "netns", "exec", NS, str(OURS / "tgtuser"), "stop"], env=account, check=True)
     finally:
         subprocess.run(["ip", "netns", "del", NS])
     return 0

@@ -291,7 +291,9 @@ def test_start_and_stop_are_idempotent_and_probes_say_not_running(iscsi_lab):
     assert lab.agent("iSCSITarget", "stop", params).rc == 0
     assert lab.agent("iSCSITarget", "stop", params).rc == 0
     assert lab.agent("tgtuser", "monitor", account()).rc == 7
+    assert lab.agent("tgtuser", "reload", account()).rc == 7  # reload never starts it
     assert lab.agent("tgtuser", "stop", account()).rc == 0
+    assert lab.accounts() == []
 
 
 def test_tids_are_allocated_without_collisions_even_in_parallel(iscsi_lab):

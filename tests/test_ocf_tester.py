@@ -36,3 +36,40 @@ def test_ocf_tester_passes(netns, state_dir, options):
         partner = {**params, "action": "block"}
         assert run_agent("portblock", "stop", partner, ns=netns, state=state_dir).rc == 0
     assert "tgtha-portblock:" not in netns.iptables_save(family)
+
+
+def ocf_tester(ns, state_dir, agent: str, params: dict[str, str]) -> subprocess.CompletedProcess:
+    argv = ns.exec_argv("ocf-tester", "-v", "-n", f"{agent}-tester",
+                        *[arg for k, v in params.items() for arg in ("-o", f"{k}={v}")], str(AGENTS / agent))
+    return subprocess.run(argv, capture_output=True, text=True,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HA_RSCTMP": str(state_dir),
+                               "OCF_ROOT": "/usr/lib/ocf"})
+
+
+def test_ocf_tester_passes_for_tgtuser_and_leaves_no_account(iscsi_lab):
+    port = str(iscsi_lab.tgtd.control_port)
+    result = ocf_tester(iscsi_lab.node, iscsi_lab.state, "tgtuser",
+                        {"username": "tester", "password": "Tester-Secret-1", "control_port": port})
+    assert result.returncode == 0 and "passed all tests" in result.stdout, result.stdout + result.stderr
+    assert "Tester-Secret-1" not in result.stdout + result.stderr
+    assert iscsi_lab.accounts() == []
+
+
+@pytest.mark.parametrize("mode", ["shared-account", "own-account", "no-account"])
+def test_ocf_tester_passes_for_iscsitarget_and_leaves_nothing(iscsi_lab, mode):
+    port = str(iscsi_lab.tgtd.control_port)
+    params = {"iqn": "iqn.2026-11.test.tgtha:tester", "control_port": port,
+              "portals": f"{iscsi_lab.TARGET_IP}:3260", "allowed_initiators": "10.82.0.0/24"}
+    account = {"username": "tester", "password": "Tester-Secret-1", "control_port": port}
+    if mode == "shared-account":
+        assert iscsi_lab.agent("tgtuser", "start", account).rc == 0
+        params["incoming_username"] = "tester"
+    elif mode == "own-account":
+        params.update(incoming_username="owner", incoming_password="Owner-Secret-1")
+    result = ocf_tester(iscsi_lab.node, iscsi_lab.state, "iSCSITarget", params)
+    assert result.returncode == 0 and "passed all tests" in result.stdout, result.stdout + result.stderr
+    assert "Target" not in iscsi_lab.show()
+    assert iscsi_lab.accounts() == (["tester"] if mode == "shared-account" else [])
+    if mode == "shared-account":
+        assert iscsi_lab.agent("tgtuser", "stop", account).rc == 0
+        assert iscsi_lab.accounts() == []

@@ -79,10 +79,11 @@ class Tgtuser(ocf.Agent):
         return ocf.SUCCESS
 
     def reload(self) -> int:
-        """Apply a changed password: no target restarts, CHAP on throughout."""
+        """Apply a changed password: no target restarts, CHAP on throughout.
+        A stopped account stays stopped (Pacemaker reloads only running ones)."""
         self.validate_all()
-        self._ensure_password(self.username, self.password)
-        return ocf.SUCCESS
+        return ocf.SUCCESS if self._ensure_password(self.username, self.password, create=False) \
+            else ocf.NOT_RUNNING
 
     def stop(self) -> int:
         user, port = self.username, self.control_port
@@ -115,16 +116,19 @@ class Tgtuser(ocf.Agent):
 
     # ---------------------------------------------------------------- helpers
 
-    def _ensure_password(self, user: str, password: str) -> None:
-        """The account exists with ``password``, created or replaced safely."""
+    def _ensure_password(self, user: str, password: str, create: bool = True) -> bool:
+        """The account exists with ``password``, created or replaced safely.
+        False if it does not exist and ``create`` is False."""
         port = self.control_port
         ctl = self.tgtd
         try:
             with accounts.config_lock(port, self.deadline):
                 exists = user in ctl.accounts()
+                if not exists and not create:
+                    return False
                 if exists and accounts.recorded_owner(port, user, password) is not None:
                     accounts.record_account(port, user, password, accounts.OWNER_TGTUSER)
-                    return
+                    return True
                 if exists:
                     # Created by someone else, or with another password: we
                     # cannot read it back, so set ours without an open window.
@@ -134,6 +138,7 @@ class Tgtuser(ocf.Agent):
                 accounts.record_account(port, user, password, accounts.OWNER_TGTUSER)
                 if user not in ctl.accounts():
                     raise OCFError(ERR_GENERIC, f"account {user} is missing right after creating it")
+                return True
         except TgtdUnreachable as err:
             raise OCFError(ERR_GENERIC, f"account {user}: {err}") from None
         except TgtdError as err:
