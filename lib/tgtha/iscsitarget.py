@@ -15,8 +15,6 @@ own account only when no other target is bound to it.
 """
 from __future__ import annotations
 
-import time
-
 from . import accounts
 from . import ocf_runtime as ocf
 from .iscsi_names import name_problem, parse_portal
@@ -31,8 +29,9 @@ if TYPE_CHECKING:
 
 OWNER = "iSCSITarget"
 MAX_TID = 2**31 - 1
-# How long stop lets tgt close sessions politely before destroying sockets.
-POLITE_CLOSE_S = 0.3
+# Automatic tids start at a hash of the IQN, so the same target gets the same
+# tid on every node (tgt builds the LUNs' NAA-3 designator from the tid).
+AUTO_TID_SPAN = 30000
 
 
 class ISCSITarget(ocf.Agent):
@@ -237,9 +236,10 @@ class ISCSITarget(ocf.Agent):
         in_use = {t.tid: t.iqn for t in ctl.targets()}
         wanted = self.tid
         if wanted is None:
-            wanted = 1
+            import zlib
+            wanted = 1 + zlib.crc32(iqn.encode()) % AUTO_TID_SPAN
             while wanted in in_use:
-                wanted += 1
+                wanted = wanted % MAX_TID + 1
             return wanted
         if wanted in in_use:
             raise OCFError(ERR_CONFIGURED, f"tid {wanted} is already used by target {in_use[wanted]} "
@@ -291,39 +291,9 @@ class ISCSITarget(ocf.Agent):
         except TgtdError as err:
             if err.code != 4:  # the target went away meanwhile
                 raise
-        self._close_sessions(ctl, target)
+        from .sessions import close_sessions
+        close_sessions(ctl, target, self.portals, self.deadline)
         ctl.delete_target(tid, force=True)
-
-    def _close_sessions(self, ctl: TgtdControl, target: Target) -> None:
-        if not target.nexuses:
-            return
-        for nexus in target.nexuses:
-            for connection in nexus.connections:
-                ctl.delete_connection(target.tid, nexus.sid, connection.cid)
-        polite_until = min(time.monotonic() + POLITE_CLOSE_S, self.deadline)
-        current = target
-        while current is not None and current.nexuses and time.monotonic() < polite_until:
-            time.sleep(0.02)
-            current = ctl.target_by_iqn(target.iqn)
-        if current is None or not current.nexuses:
-            return
-        # tgt waits for a connection's send queue to drain before it lets go,
-        # which never happens behind a silent initiator: abort in the kernel.
-        from .netaddr import PortSet
-        from .sockdiag import SocketDestroyUnsupported, close_sockets
-        peers = [Network.parse(c.address) for n in current.nexuses for c in n.connections if c.address]
-        for portal, port in self.portals:
-            specific = portal.packed.strip(b"\0") != b""
-            local = portal if specific else Network.parse("::/0" if portal.family == 6 else "0.0.0.0/0")
-            try:
-                close_sockets(local, PortSet.parse(str(port)), self.deadline,
-                              peers=None if specific else peers)
-            except SocketDestroyUnsupported as err:
-                ocf.log_warning(f"cannot destroy connections of {target.iqn}: {err}")
-            if not specific and peers:
-                ocf.log_info(f"closed every connection from {', '.join(sorted({str(p) for p in peers}))} "
-                             f"to port {port}: with a wildcard portal, sessions to other targets "
-                             "from those hosts reconnect too (set portals to the target's address)")
 
     def _release_own_account(self, ctl: TgtdControl) -> None:
         """Delete the account this target made, unless another target still uses it."""

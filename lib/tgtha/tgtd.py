@@ -339,15 +339,15 @@ class TgtdControl:
         self.request(MODE_DEVICE, OP_UPDATE, tid=tid, lun=lun, params=params,
                      what=f"set parameters of LUN {lun} of target {tid}")
 
-    def delete_lun(self, tid: int, lun: int) -> None:
+    def delete_lun(self, tid: int, lun: int, retry_interval: float = RETRY_INTERVAL_S) -> None:
         """Delete, retrying "still active" until the deadline; a missing LUN is fine."""
         self._retry_while_active(lambda: self.request(
             MODE_DEVICE, OP_DELETE, tid=tid, lun=lun, what=f"delete LUN {lun} of target {tid}"),
-            ignore=(ERR_NO_LUN, ERR_NO_TARGET))
+            ignore=(ERR_NO_LUN, ERR_NO_TARGET), interval=retry_interval)
 
     # ---------------------------------------------------------- helpers
 
-    def _retry_while_active(self, call, ignore: tuple[int, ...]) -> None:
+    def _retry_while_active(self, call, ignore: tuple[int, ...], interval: float = RETRY_INTERVAL_S) -> None:
         while True:
             try:
                 call()
@@ -356,9 +356,9 @@ class TgtdControl:
                 if err.code in ignore:
                     return
                 if err.code not in (ERR_TARGET_ACTIVE, ERR_LUN_ACTIVE) or \
-                        time.monotonic() + RETRY_INTERVAL_S >= self.deadline:
+                        time.monotonic() + interval >= self.deadline:
                     raise
-            time.sleep(RETRY_INTERVAL_S)
+            time.sleep(interval)
 
 
 def acl_param(initiator: str) -> str:

@@ -1,0 +1,323 @@
+"""ocf:tgtha:iSCSILogicalUnit - one LUN of a tgt target, with a stable SCSI identity.
+
+Start: parameters are checked (ERR_CONFIGURED; a missing backing store is
+ERR_INSTALLED on this node) -> the target must exist here -> the LUN is
+created, given its identity (scsi_id, scsi_sn, vendor, product), write-cache
+mode page and extra parameters -> read back and compared; any failure
+deletes it again.
+
+Stop: delete, retrying tgt's "still active" briefly; if commands keep
+coming, the target goes offline for a moment (commands get BUSY, which
+initiators retry), its sessions are closed, the LUN is deleted, and the
+target is set ready again. Bounded by the op's deadline.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from . import ocf_runtime as ocf
+from .iscsi_names import name_problem
+from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
+from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
+from .tgtuser import parse_control_port, require_tgtd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .tgtd import LogicalUnit, Target
+
+MAX_LUN = 16383
+# tgt's device types (tgtadm's str_to_device_type); tape uses the ssc store.
+DEVICE_TYPES = {"disk": 0x00, "tape": 0x01, "ssc": 0x01, "cd": 0x05, "changer": 0x08,
+                "osd": 0x11, "pt": 0xFF}
+# The caching mode page (0x08) tgt starts every disk with, and the same with
+# WCE (byte 2, bit 2) cleared: tgt then fdatasyncs each write (bs_rdwr.c).
+CACHING_PAGE_WCE_ON = "8:0:18:0x14:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0"
+CACHING_PAGE_WCE_OFF = "8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0"
+POLITE_DELETE_S = 0.5
+FORBIDDEN_IN_VALUES = ", \t\n\0"
+
+
+def derived_identity(target_iqn: str, lun: int) -> tuple[str, str]:
+    """(scsi_id, scsi_sn) defaults: the same on every node, whatever the resource is called."""
+    import hashlib
+    digest = hashlib.sha256(f"{target_iqn}:{lun}".encode()).hexdigest()
+    return digest[:32], digest[32:48]
+
+
+def _plain(name: str, value: str, max_len: int) -> str:
+    bad = sorted({c for c in value if c in FORBIDDEN_IN_VALUES})
+    if bad:
+        raise OCFError(ERR_CONFIGURED, f"{name}={value!r} contains {''.join(bad)!r} "
+                                       "(tgt's parameters cannot hold commas or whitespace)")
+    if len(value.encode()) > max_len:
+        raise OCFError(ERR_CONFIGURED, f"{name}={value!r} is longer than {max_len} bytes")
+    return value
+
+
+class ISCSILogicalUnit(ocf.Agent):
+    NAME = "iSCSILogicalUnit"
+    PARAMETERS = {
+        "implementation": "tgt",
+        "target_iqn": "",
+        "lun": "",
+        "path": "",
+        "scsi_id": "",
+        "scsi_sn": "",
+        "vendor_id": "",
+        "product_id": "",
+        "emulate_tpu": "",
+        "emulate_3pc": "",
+        "emulate_caw": "",
+        "write_cache": "0",
+        "tgt_bstype": "",
+        "tgt_bsoflags": "",
+        "tgt_bsopts": "",
+        "tgt_device_type": "",
+        "block_size": "",
+        "additional_parameters": "",
+        "allowed_initiators": "",
+        "control_port": "0",
+    }
+
+    # ------------------------------------------------------------ parameters
+
+    @property
+    def target_iqn(self) -> str:
+        value = self.param("target_iqn")
+        problem = name_problem(value)
+        if problem:
+            raise OCFError(ERR_CONFIGURED, f"target_iqn={value!r} is not a valid iSCSI name: {problem}")
+        return value
+
+    @property
+    def lun(self) -> int:
+        value = self.param("lun").strip()
+        if not value.isdigit():
+            raise OCFError(ERR_CONFIGURED, f"lun={value!r} must be a number from 1 to {MAX_LUN}")
+        if int(value) == 0:
+            raise OCFError(ERR_CONFIGURED, "lun=0 is tgt's controller LUN; use 1 or higher")
+        if int(value) > MAX_LUN:
+            raise OCFError(ERR_CONFIGURED, f"lun={value} is above {MAX_LUN}")
+        return int(value)
+
+    @property
+    def path(self) -> str:
+        value = self.param("path")
+        if not value or not os.path.isabs(value):
+            raise OCFError(ERR_CONFIGURED, f"path={value!r} must be an absolute path")
+        return _plain("path", value, 4095)
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        derived_id, derived_sn = derived_identity(self.target_iqn, self.lun)
+        scsi_id = _plain("scsi_id", self.param("scsi_id"), 36) or derived_id
+        scsi_sn = _plain("scsi_sn", self.param("scsi_sn"), 36) or derived_sn
+        return scsi_id, scsi_sn
+
+    @property
+    def device_type(self) -> int:
+        value = self.param("tgt_device_type") or "disk"
+        if value not in DEVICE_TYPES:
+            raise OCFError(ERR_CONFIGURED, f"tgt_device_type={value!r}: one of {', '.join(DEVICE_TYPES)}")
+        return DEVICE_TYPES[value]
+
+    def _flag(self, name: str) -> bool | None:
+        value = self.param(name).strip()
+        if value == "":
+            return None
+        if value not in ("0", "1"):
+            raise OCFError(ERR_CONFIGURED, f"{name}={value!r} must be 0 or 1")
+        return value == "1"
+
+    @property
+    def create_params(self) -> str:
+        """Backing store settings, which tgt takes only when the LUN is created."""
+        parts = [f"path={self.path}"]
+        bstype = _plain("tgt_bstype", self.param("tgt_bstype"), 64)
+        bsoflags = _plain("tgt_bsoflags", self.param("tgt_bsoflags"), 64)
+        if bstype == "aio" and bsoflags == "direct":
+            bsoflags = ""  # aio always opens O_DIRECT; tgt refuses it spelled out
+        if bsoflags and not set(bsoflags.split(":")) <= {"direct", "sync"}:
+            raise OCFError(ERR_CONFIGURED, f"tgt_bsoflags={bsoflags!r}: direct, sync or direct:sync")
+        if self.param("tgt_device_type") in ("tape", "ssc"):
+            bstype = "ssc"
+        for key, value in (("bstype", bstype), ("bsopts", _plain("tgt_bsopts", self.param("tgt_bsopts"), 1024)),
+                           ("bsoflags", bsoflags)):
+            if value:
+                parts.append(f"{key}={value}")
+        block_size = self.param("block_size").strip()
+        if block_size:
+            if block_size not in ("512", "1024", "2048", "4096"):
+                raise OCFError(ERR_CONFIGURED, f"block_size={block_size!r}: 512, 1024, 2048 or 4096")
+            parts.append(f"blocksize={block_size}")
+        return ",".join(parts)
+
+    @property
+    def update_params(self) -> list[str]:
+        """Identity and behaviour, set right after creation (one request each)."""
+        scsi_id, scsi_sn = self.identity
+        params = [f"scsi_id={scsi_id}", f"scsi_sn={scsi_sn}"]
+        vendor, product = (_plain("vendor_id", self.param("vendor_id"), 8),
+                           _plain("product_id", self.param("product_id"), 16))
+        if vendor:
+            params.append(f"vendor_id={vendor}")
+        if product:
+            params.append(f"product_id={product}")
+        if self._flag("emulate_3pc"):
+            raise OCFError(ERR_CONFIGURED, "emulate_3pc=1: tgt does not implement EXTENDED COPY")
+        if self._flag("emulate_caw") is False:
+            raise OCFError(ERR_CONFIGURED, "emulate_caw=0: tgt always implements COMPARE AND WRITE")
+        thin = self._flag("emulate_tpu")
+        if thin is not None:
+            params.append(f"thin_provisioning={int(thin)}")
+        write_cache = self._flag("write_cache")
+        if self.device_type == DEVICE_TYPES["disk"]:
+            params.append("mode_page=" + (CACHING_PAGE_WCE_ON if write_cache else CACHING_PAGE_WCE_OFF))
+        for item in self.param("additional_parameters").split():
+            name, equals, value = item.partition("=")
+            if not name or not equals or not value or "," in item:
+                raise OCFError(ERR_CONFIGURED, f"additional_parameters: {item!r} is not name=value")
+            params.append(item)
+        return params
+
+    @property
+    def control_port(self) -> int:
+        return parse_control_port(self.param("control_port"))
+
+    @property
+    def tgtd(self) -> TgtdControl:
+        return TgtdControl(self.control_port, self.deadline)
+
+    # ---------------------------------------------------------------- actions
+
+    def validate_all(self) -> int:
+        self._validate()
+        self._require_backing_store()
+        return ocf.SUCCESS
+
+    def _validate(self) -> None:
+        implementation = self.param("implementation")
+        if implementation != "tgt":
+            raise OCFError(ERR_CONFIGURED, f"implementation={implementation!r} is not supported: "
+                           "ocf:tgtha:iSCSILogicalUnit manages tgt only")
+        self.create_params, self.update_params, self.device_type, self.control_port
+        require_tgtd()
+
+    def _require_backing_store(self) -> None:
+        path = self.path
+        if not os.path.exists(path):
+            raise OCFError(ERR_INSTALLED, f"backing store {path} does not exist on this node")
+        if os.path.isdir(path):
+            raise OCFError(ERR_CONFIGURED, f"backing store {path} is a directory")
+
+    def monitor(self) -> int:
+        target_iqn, lun = self.target_iqn, self.lun
+        try:
+            target = self.tgtd.target_by_iqn(target_iqn)
+        except TgtdUnreachable:
+            return ocf.NOT_RUNNING
+        if target is None or lun not in target.luns:
+            return ocf.NOT_RUNNING
+        problem = self._mismatch(target.luns[lun])
+        if problem:
+            raise OCFError(ERR_GENERIC, f"LUN {lun} of {target_iqn}: {problem}")
+        return ocf.SUCCESS
+
+    def start(self) -> int:
+        self._validate()
+        self._require_backing_store()
+        target_iqn, lun = self.target_iqn, self.lun
+        ctl = self.tgtd
+        try:
+            target = ctl.target_by_iqn(target_iqn)
+            if target is None:
+                raise OCFError(ERR_GENERIC, f"target {target_iqn} does not exist on this node "
+                                            "(order the LUN after its iSCSITarget)")
+            existing = target.luns.get(lun)
+            if existing is not None:
+                problem = self._mismatch(existing)
+                if problem is None:
+                    return ocf.SUCCESS
+                ocf.log_warning(f"LUN {lun} of {target_iqn} exists but {problem}; recreating it")
+                self._delete(ctl, target)
+            self._create(ctl, target)
+        except TgtdUnreachable as err:
+            raise OCFError(ERR_GENERIC, f"cannot start LUN {lun} of {target_iqn}: {err}") from None
+        return ocf.SUCCESS
+
+    def stop(self) -> int:
+        target_iqn, lun = self.target_iqn, self.lun
+        ctl = self.tgtd
+        try:
+            target = ctl.target_by_iqn(target_iqn)
+            if target is not None and lun in target.luns:
+                self._delete(ctl, target)
+        except TgtdUnreachable as err:
+            if "not running" in str(err):
+                return ocf.SUCCESS
+            raise OCFError(ERR_GENERIC, f"cannot stop LUN {lun} of {target_iqn}: {err}") from None
+        except TgtdError as err:
+            raise OCFError(ERR_GENERIC, f"cannot stop LUN {lun} of {target_iqn}: {err}") from None
+        return ocf.SUCCESS
+
+    # ---------------------------------------------------------------- steps
+
+    def _create(self, ctl: TgtdControl, target: Target) -> None:
+        lun = self.lun
+        created = False
+        try:
+            ctl.create_lun(target.tid, lun, self.create_params, self.device_type)
+            created = True
+            for param in self.update_params:
+                ctl.update_lun(target.tid, lun, param)
+            after = ctl.target_by_iqn(target.iqn)
+            unit = after.luns.get(lun) if after is not None else None
+            problem = "it vanished right after creation" if unit is None else self._mismatch(unit)
+            if problem:
+                raise OCFError(ERR_GENERIC, f"LUN {lun} of {target.iqn} was created but {problem}")
+        except BaseException as err:  # noqa: BLE001 - roll back on anything
+            if created:
+                try:
+                    ctl.delete_lun(target.tid, lun)
+                except Exception as cleanup:  # noqa: BLE001 - report the first failure
+                    ocf.log_error(f"rollback of LUN {lun} of {target.iqn} failed: {cleanup}")
+            if isinstance(err, TgtdError):
+                raise OCFError(ERR_GENERIC, f"cannot start LUN {lun} of {target.iqn}: {err}") from None
+            raise
+
+    def _delete(self, ctl: TgtdControl, target: Target) -> None:
+        lun = self.lun
+        polite = TgtdControl(ctl.control_port, min(time.monotonic() + POLITE_DELETE_S, self.deadline))
+        polite_interval = 0.01
+        try:
+            polite.delete_lun(target.tid, lun, retry_interval=polite_interval)
+            return
+        except TgtdError as err:
+            if "still active" not in str(err):
+                raise
+        # Commands keep arriving: stop new ones (BUSY), close the sessions,
+        # delete, and give the target back to its other LUNs.
+        from .sessions import close_sessions
+        was_ready = target.state == "ready"
+        ctl.set_target_state(target.tid, "offline")
+        try:
+            close_sessions(ctl, ctl.target_by_iqn(target.iqn) or target, [], self.deadline)
+            ctl.delete_lun(target.tid, lun)
+        finally:
+            if was_ready:
+                ctl.set_target_state(target.tid, "ready")
+
+    def _mismatch(self, unit: LogicalUnit) -> str | None:
+        scsi_id, scsi_sn = self.identity
+        if unit.path != self.path:
+            return f"its backing store is {unit.path}, configured {self.path}"
+        if unit.scsi_id != scsi_id:
+            return f"its scsi_id is {unit.scsi_id!r}, configured {scsi_id!r}"
+        if unit.scsi_sn != scsi_sn:
+            return f"its scsi_sn is {unit.scsi_sn!r}, configured {scsi_sn!r}"
+        return None
+
+
+def main() -> None:
+    ocf.main(ISCSILogicalUnit)

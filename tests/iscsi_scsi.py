@@ -1,0 +1,119 @@
+"""Just enough of an iSCSI initiator to send one SCSI command: MODE SENSE.
+
+libiscsi's command-line tools print INQUIRY and VPD pages but no mode
+pages, and this kernel has no iSCSI initiator to run sg_modes against. The
+caching mode page is what tells an initiator whether the LUN's write cache
+is on (WCE), so the tests read it with this (RFC 7143 login to the full
+feature phase without authentication, one SCSI Command, its Data-In).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+INITIATOR_NAME = "iqn.2026-11.org.tgtha:scsi-probe"
+
+
+def _keys(**keys: str) -> bytes:
+    data = b"".join(f"{k}={v}".encode() + b"\0" for k, v in keys.items())
+    return data
+
+
+def _pdu(header: bytes, data: bytes = b"") -> bytes:
+    return header + data + b"\0" * (-len(data) % 4)
+
+
+def _recv_exact(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("target closed the connection")
+        data += chunk
+    return data
+
+
+def _recv_pdu(sock: socket.socket) -> tuple[bytes, bytes]:
+    header = _recv_exact(sock, 48)
+    length = int.from_bytes(header[5:8], "big")
+    data = _recv_exact(sock, length + (-length % 4))[:length]
+    return header, data
+
+
+class Session:
+    def __init__(self, address: str, target_iqn: str, port: int = 3260, timeout: float = 10) -> None:
+        self.sock = socket.create_connection((address, port), timeout=timeout)
+        self.isid = b"\x80" + os.urandom(5)
+        self.cmdsn, self.statsn, self.itt = 1, 0, 1
+        tsih = self._login_stage(0, 1, 0, _keys(InitiatorName=INITIATOR_NAME, SessionType="Normal",
+                                                 TargetName=target_iqn, AuthMethod="None"))
+        self._login_stage(1, 3, tsih, _keys(HeaderDigest="None", DataDigest="None",
+                                            MaxRecvDataSegmentLength="65536", InitialR2T="Yes",
+                                            ImmediateData="No"))
+
+    def _login_stage(self, csg: int, nsg: int, tsih: int, keys: bytes) -> int:
+        header = struct.pack(">BBBBB3s6sHIHHII16x", 0x43, 0x80 | (csg << 2) | nsg, 0, 0, 0,
+                             len(keys).to_bytes(3, "big"), self.isid, tsih, self.itt, 0, 0,
+                             self.cmdsn, self.statsn + 1 if self.statsn else 0)
+        self.sock.sendall(_pdu(header, keys))
+        answer, _ = _recv_pdu(self.sock)
+        self.itt += 1
+        if answer[36] != 0:
+            raise ConnectionError(f"login refused: status {answer[36]:#x}/{answer[37]:#x}")
+        self.statsn = int.from_bytes(answer[24:28], "big")
+        return int.from_bytes(answer[14:16], "big")
+
+    def command(self, lun: int, cdb: bytes, expected_length: int) -> bytes:
+        lun_field = struct.pack(">BB6x", 0, lun) if lun < 256 else struct.pack(">H6x", 0x4000 | lun)
+        header = struct.pack(">BBHB3s8sIIII16s", 0x01, 0xC1, 0, 0, b"\0\0\0", lun_field, self.itt,
+                             expected_length, self.cmdsn, self.statsn + 1, cdb.ljust(16, b"\0"))
+        self.sock.sendall(header)
+        self.cmdsn += 1
+        self.itt += 1
+        data = b""
+        while True:
+            answer, segment = _recv_pdu(self.sock)
+            opcode = answer[0] & 0x3F
+            if opcode == 0x25:  # Data-In
+                data += segment
+                if answer[1] & 0x01:  # S: carries the status
+                    self.statsn = int.from_bytes(answer[24:28], "big")
+                    if answer[3] != 0:
+                        raise IOError(f"SCSI status {answer[3]:#x}")
+                    return data
+            elif opcode == 0x21:  # SCSI Response
+                self.statsn = int.from_bytes(answer[24:28], "big")
+                if answer[3] != 0:
+                    raise IOError(f"SCSI status {answer[3]:#x}")
+                return data
+            # anything else (NOP-In, async message): ignore
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def write_cache_enabled(address: str, target_iqn: str, lun: int) -> bool:
+    """MODE SENSE(6), caching page (0x08), current values: the WCE bit."""
+    session = Session(address, target_iqn)
+    try:
+        for attempt in range(3):
+            try:
+                data = session.command(lun, bytes([0x1A, 0x08, 0x08, 0, 0xFF, 0]), 0xFF)
+                break
+            except IOError:
+                # A new I_T nexus first gets UNIT ATTENTION (power on/reset): ask again.
+                if attempt == 2:
+                    raise
+    finally:
+        session.close()
+    block_descriptors = data[3]
+    page = data[4 + block_descriptors:]
+    if page[0] & 0x3F != 0x08:
+        raise IOError(f"expected the caching page, got page {page[0] & 0x3F:#x}")
+    return bool(page[2] & 0x04)
+
+
+if __name__ == "__main__":
+    import sys
+    print("on" if write_cache_enabled(sys.argv[1], sys.argv[2], int(sys.argv[3])) else "off")
