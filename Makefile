@@ -13,7 +13,7 @@ AGENTS      = $(notdir $(wildcard agents/*))
 
 DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-agents \
                   python3 python3-lxml python3-filelock python3-iptables python3-pytest \
-                  hyperfine
+                  hyperfine qemu-utils qemu-block-extra
 
 .PHONY: all deps test install uninstall bench clean
 

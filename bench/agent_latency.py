@@ -93,6 +93,12 @@ def iscsitarget_cases():
             ("own account [tgtha: shared, tgtuser]", stock_own, shared)]
 
 
+def logicalunit_cases(backing: str):
+    params = {"implementation": "tgt", "target_iqn": "iqn.2026-11.bench.tgtha:luns", "lun": "1",
+              "path": backing}
+    return [("LUN 1, file backed (stock params)", params, params)]
+
+
 class Tgtd:
     """tgtd on control port 0 in the bench namespace (what the stock agent talks to)."""
 
@@ -108,7 +114,7 @@ class Tgtd:
         return self
 
     def __exit__(self, *exc):
-        self.proc.terminate()
+        self.proc.kill()  # tgtd ignores SIGTERM
         self.proc.wait()
         for leftover in (self.SOCKET, self.SOCKET + ".lock"):
             if os.path.exists(leftover):
@@ -118,7 +124,7 @@ class Tgtd:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--only", choices=["portblock", "iSCSITarget"])
+    parser.add_argument("--only", choices=["portblock", "iSCSITarget", "iSCSILogicalUnit"])
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespace)")
@@ -133,6 +139,16 @@ def main() -> int:
                 subprocess.run(["ip", "netns", "exec", NS, str(OURS / "tgtuser"), "start"], env=account, check=True)
                 compare("iSCSITarget (implementation tgt)", "iSCSITarget", iscsitarget_cases(), args.runs)
                 subprocess.run(["ip", "netns", "exec", NS, str(OURS / "tgtuser"), "stop"], env=account, check=True)
+        if args.only in (None, "iSCSILogicalUnit"):
+            with Tgtd(), tempfile.TemporaryDirectory() as state:
+                backing = os.path.join(state, "lun1.img")
+                with open(backing, "wb") as image:
+                    image.truncate(64 << 20)
+                target = env_for(state, {"iqn": "iqn.2026-11.bench.tgtha:luns", "tid": "1"})
+                subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "start"], env=target, check=True)
+                compare("iSCSILogicalUnit (implementation tgt)", "iSCSILogicalUnit", logicalunit_cases(backing),
+                        args.runs)
+                subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "stop"], env=target, check=True)
     finally:
         subprocess.run(["ip", "netns", "del", NS])
     return 0

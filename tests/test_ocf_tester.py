@@ -73,3 +73,16 @@ def test_ocf_tester_passes_for_iscsitarget_and_leaves_nothing(iscsi_lab, mode):
     if mode == "shared-account":
         assert iscsi_lab.agent("tgtuser", "stop", account).rc == 0
         assert iscsi_lab.accounts() == []
+
+
+def test_ocf_tester_passes_for_iscsilogicalunit_and_leaves_nothing(iscsi_lab):
+    port = str(iscsi_lab.tgtd.control_port)
+    target = {"iqn": "iqn.2026-11.test.tgtha:tester", "control_port": port}
+    assert iscsi_lab.agent("iSCSITarget", "start", target).rc == 0
+    backing = iscsi_lab.make_backing_file("tester.img")
+    result = ocf_tester(iscsi_lab.node, iscsi_lab.state, "iSCSILogicalUnit",
+                        {"target_iqn": target["iqn"], "lun": "1", "path": str(backing), "control_port": port})
+    assert result.returncode == 0 and "passed all tests" in result.stdout, result.stdout + result.stderr
+    assert "LUN: 1\n" not in iscsi_lab.show()
+    assert iscsi_lab.agent("iSCSITarget", "stop", target).rc == 0
+    assert "Target" not in iscsi_lab.show()

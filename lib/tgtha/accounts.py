@@ -71,8 +71,8 @@ def _ledger_path(control_port: int, user: str) -> str:
 
 
 def _digest(salt: bytes, password: str) -> str:
-    import hashlib  # ~17 ms: only on paths that create or compare accounts
-    return hashlib.sha256(salt + password.encode()).hexdigest()
+    from .iscsi_names import sha256_hex
+    return sha256_hex(salt + password.encode())
 
 
 def record_account(control_port: int, user: str, password: str, owner: str) -> None:

@@ -17,7 +17,7 @@ import os
 import time
 
 from . import ocf_runtime as ocf
-from .iscsi_names import name_problem
+from .iscsi_names import name_problem, sha256_hex
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
 from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
 from .tgtuser import parse_control_port, require_tgtd
@@ -40,8 +40,7 @@ FORBIDDEN_IN_VALUES = ", \t\n\0"
 
 def derived_identity(target_iqn: str, lun: int) -> tuple[str, str]:
     """(scsi_id, scsi_sn) defaults: the same on every node, whatever the resource is called."""
-    import hashlib
-    digest = hashlib.sha256(f"{target_iqn}:{lun}".encode()).hexdigest()
+    digest = sha256_hex(f"{target_iqn}:{lun}".encode())
     return digest[:32], digest[32:48]
 
 

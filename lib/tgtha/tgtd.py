@@ -337,7 +337,7 @@ class TgtdControl:
 
     def update_lun(self, tid: int, lun: int, params: str) -> None:
         self.request(MODE_DEVICE, OP_UPDATE, tid=tid, lun=lun, params=params,
-                     what=f"set parameters of LUN {lun} of target {tid}")
+                     what=f"set {params} on LUN {lun} of target {tid}")
 
     def delete_lun(self, tid: int, lun: int, retry_interval: float = RETRY_INTERVAL_S) -> None:
         """Delete, retrying "still active" until the deadline; a missing LUN is fine."""

@@ -1,0 +1,165 @@
+"""ocf:tgtha:iSCSILogicalUnit: stable identity, write cache off, exact monitor, bounded stop.
+
+Real tgtd in a namespace; what initiators see is read with libiscsi's
+iscsi-inq (INQUIRY, VPD 0x80 and 0x83) and tests/iscsi_scsi.py (MODE SENSE)
+from another namespace; write load is QEMU's libiscsi driver (qemu-img bench -w).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root
+
+pytestmark = needs_root
+
+TARGET = "iqn.2026-11.test.tgtha:luns"
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def lab(iscsi_lab):
+    """iscsi_lab with one open target (no CHAP: identity is the subject here)."""
+    assert iscsi_lab.agent("iSCSITarget", "start", {"iqn": TARGET, "tid": "1"}).rc == 0
+    return iscsi_lab
+
+
+def lun_params(lab, lun: int, **extra: str) -> dict[str, str]:
+    path = lab.tmp_path / f"lun{lun}.img"
+    if not path.exists():
+        lab.make_backing_file(path.name)
+    return {"target_iqn": TARGET, "lun": str(lun), "path": str(path), **extra}
+
+
+def inquiry(lab, lun: int, page: int | None = None) -> bytes:
+    args = ["-e", "1", "-c", str(page)] if page is not None else []
+    result = subprocess.run(lab.client.exec_argv("iscsi-inq", *args, lab.url(TARGET, lun)),
+                            capture_output=True, check=True, timeout=30)
+    return result.stdout
+
+
+def identification(lab, lun: int) -> tuple[bytes, bytes, bytes]:
+    return inquiry(lab, lun), inquiry(lab, lun, 0x80), inquiry(lab, lun, 0x83)
+
+
+def write_cache(lab, lun: int) -> str:
+    return lab.client.run(sys.executable, str(TESTS / "iscsi_scsi.py"), lab.TARGET_IP, TARGET,
+                          str(lun)).stdout.strip()
+
+
+def test_four_luns_show_their_identity_and_renaming_the_resource_changes_nothing(lab):
+    configured = lun_params(lab, 1, vendor_id="TGTHA", product_id="HA-Disk", scsi_id="0123456789abcdef0123",
+                            scsi_sn="SN-LUN-ONE")
+    luns = {1: configured, **{n: lun_params(lab, n) for n in (2, 3, 4)}}
+    for n, params in luns.items():
+        assert lab.agent("iSCSILogicalUnit", "start", params, instance=f"lun{n}").rc == 0
+    standard, serial, designators = identification(lab, 1)
+    assert b"Vendor:TGTHA" in standard and b"Product:HA-Disk" in standard
+    assert b"SN-LUN-ONE" in serial and b"T10_VENDORT_ID" in designators
+    assert b"0123456789abcdef0123" in designators
+    serials = {n: inquiry(lab, n, 0x80) for n in (2, 3, 4)}
+    assert len(set(serials.values())) == 3  # derived identities differ per LUN
+    before = {n: identification(lab, n) for n in luns}
+
+    # The same LUNs under other resource names (a CIB rename): same identity.
+    for n, params in luns.items():
+        assert lab.agent("iSCSILogicalUnit", "stop", params, instance=f"lun{n}").rc == 0
+        assert lab.agent("iSCSILogicalUnit", "start", params, instance=f"renamed-lun-{n}").rc == 0
+        assert lab.agent("iSCSILogicalUnit", "monitor", params, instance=f"renamed-lun-{n}").rc == 0
+    assert {n: identification(lab, n) for n in luns} == before
+    listing = lab.client.run("iscsi-ls", "-s", f"iscsi://{lab.TARGET_IP}").stdout
+    assert TARGET in listing
+
+
+def test_write_cache_is_off_by_default_and_visible_to_the_initiator(lab):
+    assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 1)).rc == 0
+    assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 2, write_cache="1"), instance="l2").rc == 0
+    assert (write_cache(lab, 1), write_cache(lab, 2)) == ("off", "on")
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-utils not installed")
+def test_stop_with_writes_in_flight_is_bounded_twenty_times_in_a_row(lab, report):
+    params = lun_params(lab, 1)
+    timeout_s = 20  # the advertised stop timeout
+    took = []
+    for _ in range(20):
+        assert lab.agent("iSCSILogicalUnit", "start", params).rc == 0
+        log = open(lab.tmp_path / "writer.log", "a")
+        # libiscsi's iscsi-perf only reads; QEMU's iSCSI driver (libiscsi too) writes.
+        perf = subprocess.Popen(lab.client.exec_argv(
+            "qemu-img", "bench", "-w", "-c", "100000000", "-d", "32", "-s", "65536", "-f", "raw",
+            lab.url(TARGET, 1)), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while "I_T nexus: " not in lab.show() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            began = time.monotonic()
+            stop = lab.agent("iSCSILogicalUnit", "stop", params, meta={"timeout": str(timeout_s * 1000)})
+            took.append(time.monotonic() - began)
+            assert stop.rc == 0, stop
+            assert "LUN: 1\n" not in lab.show()
+            assert "State: ready" in lab.show()  # the target serves its other LUNs again
+        finally:
+            os.kill(perf.pid, signal.SIGKILL)
+            perf.wait()
+            log.close()
+    report(f"iSCSILogicalUnit stop with qemu-img bench -w (32 x 64 KiB writes) in flight, 20 runs: median {statistics.median(took):.2f} s, "
+           f"max {max(took):.2f} s (stop timeout {timeout_s} s; stock: 1-15 s)")
+    assert max(took) < timeout_s
+    assert lab.agent("iSCSITarget", "monitor", {"iqn": TARGET, "tid": "1"}).rc == 0
+
+
+def test_monitor_is_exact(lab):
+    params = lun_params(lab, 1)
+    assert lab.agent("iSCSILogicalUnit", "monitor", params).rc == 7  # never created: not running
+    assert lab.agent("iSCSILogicalUnit", "start", params).rc == 0
+    moved = lab.agent("iSCSILogicalUnit", "monitor", {**params, "path": str(lab.tmp_path / "other.img")})
+    assert moved.rc == 1 and "backing store" in moved.exit_reason
+    other_id = lab.agent("iSCSILogicalUnit", "monitor", {**params, "scsi_id": "feedface"})
+    assert other_id.rc == 1 and "scsi_id" in other_id.exit_reason
+    assert lab.agent("iSCSILogicalUnit", "monitor", lun_params(lab, 2)).rc == 7
+    assert lab.agent("iSCSILogicalUnit", "monitor", {**params, "target_iqn": TARGET + "x"}).rc == 7
+
+
+def test_start_and_stop_are_idempotent(lab):
+    params = lun_params(lab, 3)
+    assert lab.agent("iSCSILogicalUnit", "stop", params).rc == 0
+    for _ in range(2):
+        assert lab.agent("iSCSILogicalUnit", "start", params).rc == 0
+    for _ in range(2):
+        assert lab.agent("iSCSILogicalUnit", "stop", params).rc == 0
+    assert "LUN: 3" not in lab.show()
+
+
+@pytest.mark.parametrize("change, rc, reason", [
+    ({"path": "/nonexistent/lun.img"}, 5, "does not exist"),
+    ({"path": "relative.img"}, 6, "absolute"),
+    ({"lun": "0"}, 6, "controller"),
+    ({"lun": "x"}, 6, "lun"),
+    ({"scsi_id": "x" * 37}, 6, "scsi_id"),
+    ({"scsi_sn": "has space"}, 6, "scsi_sn"),
+    ({"vendor_id": "TOOLONGVENDOR"}, 6, "vendor_id"),
+    ({"product_id": "a,b"}, 6, "product_id"),
+    ({"target_iqn": "not-an-iqn"}, 6, "target_iqn"),
+    ({"target_iqn": TARGET + "-missing"}, 1, "does not exist on this node"),
+    ({"tgt_device_type": "floppy"}, 6, "tgt_device_type"),
+    ({"tgt_bsoflags": "fast"}, 6, "tgt_bsoflags"),
+    ({"emulate_3pc": "1"}, 6, "EXTENDED COPY"),
+    ({"write_cache": "maybe"}, 6, "write_cache"),
+    ({"implementation": "lio-t"}, 6, "tgt only"),
+    ({"additional_parameters": "no_such_lu_param=1"}, 1, "no_such_lu_param"),
+])
+def test_bad_input_is_refused_with_a_reason_and_leaves_nothing(lab, change, rc, reason):
+    before = lab.show()
+    start = lab.agent("iSCSILogicalUnit", "start", {**lun_params(lab, 1), **change})
+    assert (start.rc, reason in start.exit_reason) == (rc, True), start
+    assert lab.show() == before
