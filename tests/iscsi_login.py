@@ -40,7 +40,7 @@ def login_request(target_iqn: str, itt: int) -> bytes:
     return header + data
 
 
-def _recv_exact(sock: socket.socket, count: int) -> bytes:
+def recv_exact(sock: socket.socket, count: int) -> bytes:
     data = b""
     while len(data) < count:
         chunk = sock.recv(count - len(data))
@@ -58,7 +58,7 @@ def try_login(address: str, target_iqn: str, port: int = 3260, timeout: float = 
             sock.settimeout(timeout)
             sock.connect((address, port))
             sock.sendall(login_request(target_iqn, itt=1))
-            header = _recv_exact(sock, 48)
+            header = recv_exact(sock, 48)
     except OSError:
         return NO_CONNECTION
     if header[0] & 0x3F != 0x23:

@@ -12,6 +12,8 @@ import os
 import socket
 import struct
 
+from iscsi_login import recv_exact
+
 INITIATOR_NAME = "iqn.2026-11.org.tgtha:scsi-probe"
 
 
@@ -24,20 +26,10 @@ def _pdu(header: bytes, data: bytes = b"") -> bytes:
     return header + data + b"\0" * (-len(data) % 4)
 
 
-def _recv_exact(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError("target closed the connection")
-        data += chunk
-    return data
-
-
 def _recv_pdu(sock: socket.socket) -> tuple[bytes, bytes]:
-    header = _recv_exact(sock, 48)
+    header = recv_exact(sock, 48)
     length = int.from_bytes(header[5:8], "big")
-    data = _recv_exact(sock, length + (-length % 4))[:length]
+    data = recv_exact(sock, length + (-length % 4))[:length]
     return header, data
 
 

@@ -17,10 +17,10 @@ import os
 import time
 
 from . import ocf_runtime as ocf
-from .iscsi_names import name_problem, sha256_hex
+from .iscsi_names import sha256_hex
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
 from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
-from .tgtuser import parse_control_port, require_tgtd
+from .tgt_agent import TgtAgent, require_tgtd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _plain(name: str, value: str, max_len: int) -> str:
     return value
 
 
-class ISCSILogicalUnit(ocf.Agent):
+class ISCSILogicalUnit(TgtAgent):
     NAME = "iSCSILogicalUnit"
     PARAMETERS = {
         "implementation": "tgt",
@@ -83,11 +83,7 @@ class ISCSILogicalUnit(ocf.Agent):
 
     @property
     def target_iqn(self) -> str:
-        value = self.param("target_iqn")
-        problem = name_problem(value)
-        if problem:
-            raise OCFError(ERR_CONFIGURED, f"target_iqn={value!r} is not a valid iSCSI name: {problem}")
-        return value
+        return self.iscsi_name("target_iqn")
 
     @property
     def lun(self) -> int:
@@ -173,20 +169,8 @@ class ISCSILogicalUnit(ocf.Agent):
         write_cache = self._flag("write_cache")
         if self.device_type == DEVICE_TYPES["disk"]:
             params.append("mode_page=" + (CACHING_PAGE_WCE_ON if write_cache else CACHING_PAGE_WCE_OFF))
-        for item in self.param("additional_parameters").split():
-            name, equals, value = item.partition("=")
-            if not name or not equals or not value or "," in item:
-                raise OCFError(ERR_CONFIGURED, f"additional_parameters: {item!r} is not name=value")
-            params.append(item)
+        params += [f"{name}={value}" for name, value in self.name_value_pairs("additional_parameters")]
         return params
-
-    @property
-    def control_port(self) -> int:
-        return parse_control_port(self.param("control_port"))
-
-    @property
-    def tgtd(self) -> TgtdControl:
-        return TgtdControl(self.control_port, self.deadline)
 
     # ---------------------------------------------------------------- actions
 
@@ -196,10 +180,7 @@ class ISCSILogicalUnit(ocf.Agent):
         return ocf.SUCCESS
 
     def _validate(self) -> None:
-        implementation = self.param("implementation")
-        if implementation != "tgt":
-            raise OCFError(ERR_CONFIGURED, f"implementation={implementation!r} is not supported: "
-                           "ocf:tgtha:iSCSILogicalUnit manages tgt only")
+        self.require_tgt_implementation()
         self.create_params, self.update_params, self.device_type, self.control_port
         require_tgtd()
 

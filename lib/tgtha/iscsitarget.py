@@ -21,7 +21,7 @@ from .iscsi_names import name_problem, parse_portal
 from .netaddr import Network
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
 from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
-from .tgtuser import parse_control_port, require_tgtd
+from .tgt_agent import TgtAgent, require_tgtd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ MAX_TID = 2**31 - 1
 AUTO_TID_SPAN = 30000
 
 
-class ISCSITarget(ocf.Agent):
+class ISCSITarget(TgtAgent):
     NAME = "iSCSITarget"
     PARAMETERS = {
         "implementation": "tgt",
@@ -53,11 +53,7 @@ class ISCSITarget(ocf.Agent):
 
     @property
     def iqn(self) -> str:
-        value = self.param("iqn")
-        problem = name_problem(value)
-        if problem:
-            raise OCFError(ERR_CONFIGURED, f"iqn={value!r} is not a valid iSCSI name: {problem}")
-        return value
+        return self.iscsi_name("iqn")
 
     @property
     def tid(self) -> int | None:
@@ -112,21 +108,7 @@ class ISCSITarget(ocf.Agent):
 
     @property
     def additional_parameters(self) -> list[tuple[str, str]]:
-        pairs = []
-        for item in self.param("additional_parameters").split():
-            name, equals, value = item.partition("=")
-            if not name or not equals or not value or "," in item:
-                raise OCFError(ERR_CONFIGURED, f"additional_parameters: {item!r} is not name=value")
-            pairs.append((name, value))
-        return pairs
-
-    @property
-    def control_port(self) -> int:
-        return parse_control_port(self.param("control_port"))
-
-    @property
-    def tgtd(self) -> TgtdControl:
-        return TgtdControl(self.control_port, self.deadline)
+        return self.name_value_pairs("additional_parameters")
 
     # ---------------------------------------------------------------- actions
 
@@ -142,11 +124,7 @@ class ISCSITarget(ocf.Agent):
         return ocf.SUCCESS
 
     def _validate(self) -> None:
-        implementation = self.param("implementation")
-        if implementation != "tgt":
-            raise OCFError(ERR_CONFIGURED, f"implementation={implementation!r} is not supported: "
-                           "ocf:tgtha:iSCSITarget manages tgt only (use ocf:heartbeat:iSCSITarget "
-                           "for iet, lio, lio-t or scst)")
+        self.require_tgt_implementation()
         if self.param("iser_portals"):
             raise OCFError(ERR_CONFIGURED, "iser_portals is not supported with tgt "
                                            "(tgt's iSER portals are configured in tgtd)")

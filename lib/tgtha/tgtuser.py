@@ -11,23 +11,12 @@ from __future__ import annotations
 
 from . import accounts
 from . import ocf_runtime as ocf
-from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
-from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
+from .ocf_runtime import ERR_GENERIC, OCFError
+from .tgt_agent import TgtAgent, require_tgtd
+from .tgtd import TgtdError, TgtdUnreachable
 
 
-def parse_control_port(value: str) -> int:
-    if not value.isdigit() or int(value) > 65535:
-        raise OCFError(ERR_CONFIGURED, f"control_port={value!r} must be a number 0-65535")
-    return int(value)
-
-
-def require_tgtd() -> None:
-    from .proc import find_binary
-    if find_binary("tgtd") is None:
-        raise OCFError(ERR_INSTALLED, "tgtd is not installed on this node (Debian package: tgt)")
-
-
-class Tgtuser(ocf.Agent):
+class Tgtuser(TgtAgent):
     NAME = "tgtuser"
     PARAMETERS = {
         "username": "",
@@ -47,14 +36,6 @@ class Tgtuser(ocf.Agent):
         value = self.param("password")
         ocf.register_secret(value)
         return accounts.check_password(value, "password")
-
-    @property
-    def control_port(self) -> int:
-        return parse_control_port(self.param("control_port"))
-
-    @property
-    def tgtd(self) -> TgtdControl:
-        return TgtdControl(self.control_port, self.deadline)
 
     # ---------------------------------------------------------------- actions
 

@@ -1,0 +1,52 @@
+"""What every agent that talks to tgtd shares: which tgtd, and tgt's parameter rules."""
+from __future__ import annotations
+
+from . import ocf_runtime as ocf
+from .iscsi_names import name_problem
+from .ocf_runtime import ERR_CONFIGURED, ERR_INSTALLED, OCFError
+from .tgtd import TgtdControl
+
+
+def require_tgtd() -> None:
+    from .proc import find_binary
+    if find_binary("tgtd") is None:
+        raise OCFError(ERR_INSTALLED, "tgtd is not installed on this node (Debian package: tgt)")
+
+
+class TgtAgent(ocf.Agent):
+    """Base of tgtuser, iSCSITarget and iSCSILogicalUnit (each declares ``control_port``)."""
+
+    @property
+    def control_port(self) -> int:
+        value = self.param("control_port")
+        if not value.isdigit() or int(value) > 65535:
+            raise OCFError(ERR_CONFIGURED, f"control_port={value!r} must be a number 0-65535")
+        return int(value)
+
+    @property
+    def tgtd(self) -> TgtdControl:
+        return TgtdControl(self.control_port, self.deadline)
+
+    def require_tgt_implementation(self) -> None:
+        implementation = self.param("implementation")
+        if implementation != "tgt":
+            raise OCFError(ERR_CONFIGURED, f"implementation={implementation!r} is not supported: "
+                           f"ocf:tgtha:{self.NAME} manages tgt only (use ocf:heartbeat:{self.NAME} "
+                           "for iet, lio, lio-t or scst)")
+
+    def iscsi_name(self, parameter: str) -> str:
+        value = self.param(parameter)
+        problem = name_problem(value)
+        if problem:
+            raise OCFError(ERR_CONFIGURED, f"{parameter}={value!r} is not a valid iSCSI name: {problem}")
+        return value
+
+    def name_value_pairs(self, parameter: str) -> list[tuple[str, str]]:
+        """A space-separated list of name=value items, as tgt takes them (no commas)."""
+        pairs = []
+        for item in self.param(parameter).split():
+            name, equals, value = item.partition("=")
+            if not name or not equals or not value or "," in item:
+                raise OCFError(ERR_CONFIGURED, f"{parameter}: {item!r} is not name=value")
+            pairs.append((name, value))
+        return pairs
