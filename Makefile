@@ -12,7 +12,7 @@ PYTHON     ?= /usr/bin/python3
 AGENTS      = $(notdir $(wildcard agents/*))
 
 DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-agents \
-                  python3 python3-lxml python3-filelock python3-iptables python3-pytest \
+                  python3 python3-lxml python3-filelock python3-iptables python3-pytest libxml2-utils \
                   hyperfine qemu-utils qemu-block-extra
 
 .PHONY: all deps test install uninstall bench clean
