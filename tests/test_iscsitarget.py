@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AGENTS, agent_env, needs_root
+from conftest import AGENTS, Tgtd, agent_env, needs_root
 from iscsi_login import GOT_IN
 
 pytestmark = needs_root
@@ -375,6 +375,25 @@ def test_tgtd_not_running_and_not_installed(iscsi_lab):
         env = agent_env(lab.state, "rsc", params)
         proc = subprocess.run(hide + [str(AGENTS / agent), "start"], env=env, capture_output=True, text=True)
         assert proc.returncode == 5 and "tgtd is not installed" in proc.stderr
+
+
+def test_start_ordered_right_after_tgtd_waits_for_it_to_listen(iscsi_lab, tmp_path):
+    """tgt's init script returns once tgtd is forked, before it listens: the
+    start ordered after it (tgtuser, here) waits a few seconds instead of failing."""
+    lab = iscsi_lab
+    port = lab.tgtd.control_port
+    lab.tgtd.stop()
+    result = {}
+    starter = threading.Thread(target=lambda: result.update(run=lab.agent("tgtuser", "start", account())))
+    starter.start()
+    time.sleep(1.0)
+    lab.tgtd = Tgtd(lab.node, port, lab.TARGET_IP, tmp_path / "tgtd-late.log")
+    try:
+        starter.join(timeout=30)
+        assert result["run"].rc == 0, result["run"]
+        assert lab.agent("tgtuser", "monitor", account()).rc == 0
+    finally:
+        lab.tgtd.stop()
 
 
 def test_the_password_never_reaches_a_command_line_a_log_or_a_trace(iscsi_lab, report):

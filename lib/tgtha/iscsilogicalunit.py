@@ -208,7 +208,7 @@ class ISCSILogicalUnit(TgtAgent):
         self._validate()
         self._require_backing_store()
         target_iqn, lun = self.target_iqn, self.lun
-        ctl = self.tgtd
+        ctl = self.tgtd_for_start()
         try:
             target = ctl.target_by_iqn(target_iqn)
             if target is None:

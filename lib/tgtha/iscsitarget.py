@@ -148,7 +148,7 @@ class ISCSITarget(TgtAgent):
     def start(self) -> int:
         self._validate()
         iqn = self.iqn
-        ctl = self.tgtd
+        ctl = self.tgtd_for_start()
         try:
             existing = ctl.target_by_iqn(iqn)
             if existing is not None:

@@ -6,6 +6,8 @@ from .iscsi_names import name_problem
 from .ocf_runtime import ERR_CONFIGURED, ERR_INSTALLED, OCFError
 from .tgtd import TgtdControl
 
+TGTD_STARTUP_WAIT_S = 10.0
+
 
 def require_tgtd() -> None:
     from .proc import find_binary
@@ -26,6 +28,12 @@ class TgtAgent(ocf.Agent):
     @property
     def tgtd(self) -> TgtdControl:
         return TgtdControl(self.control_port, self.deadline)
+
+    def tgtd_for_start(self) -> TgtdControl:
+        """tgtd, given a few seconds to finish starting (a start is ordered right after tgtd's)."""
+        ctl = self.tgtd
+        ctl.wait_until_listening(TGTD_STARTUP_WAIT_S)
+        return ctl
 
     def require_tgt_implementation(self) -> None:
         implementation = self.param("implementation")

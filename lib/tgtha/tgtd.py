@@ -208,6 +208,24 @@ class TgtdControl:
         self.deadline = deadline
         self.path = socket_path(control_port)
 
+    def wait_until_listening(self, seconds: float) -> None:
+        """Wait up to ``seconds`` (never past the deadline) for tgtd's socket to
+        accept connections. tgt's init script and unit return as soon as tgtd
+        is forked, before it listens: what is ordered after tgtd would
+        otherwise find nothing there."""
+        limit = min(self.deadline, time.monotonic() + seconds)
+        while True:
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() >= limit:
+                    return  # the request that follows reports it
+                time.sleep(0.05)
+            finally:
+                sock.close()
+
     def request(self, mode: int, op: int, *, tid: int = -1, sid: int = 0, lun: int = 0,
                 cid: int = 0, device_type: int = 0, ac_dir: int = 0, force: int = 0,
                 params: str = "", what: str = "") -> str:

@@ -56,6 +56,7 @@ class Tgtuser(TgtAgent):
 
     def start(self) -> int:
         self.validate_all()
+        self.tgtd_for_start()
         self._ensure_password(self.username, self.password)
         return ocf.SUCCESS
 
