@@ -12,10 +12,11 @@ PYTHON     ?= /usr/bin/python3
 AGENTS      = $(notdir $(wildcard agents/*))
 
 DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-agents \
+                  pacemaker pacemaker-cli-utils corosync crmsh pcs tini python3-matplotlib \
                   python3 python3-lxml python3-filelock python3-iptables python3-pytest libxml2-utils \
                   hyperfine qemu-utils qemu-block-extra
 
-.PHONY: all deps test install uninstall bench clean
+.PHONY: all deps test install uninstall bench clean lab
 
 all:
 	@echo "targets: deps test install uninstall bench"
@@ -42,3 +43,6 @@ bench:
 
 clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+lab: install
+	$(PYTHON) lab/lab.py

@@ -1,0 +1,205 @@
+#!/usr/bin/python3
+"""The tgtha lab: a Pacemaker cluster in namespaces, iSCSI targets under
+initiator load, failovers, a report. ``make lab`` runs it (as root).
+
+Knobs (environment): LAB_NODES=2 LAB_TARGETS=6 LAB_LUNS=2 LAB_FAILOVERS=10
+LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
+LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=10 LAB_SETTLE_TIMEOUT=120
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cluster import CLIENT_IP, Cluster, wait_for
+from initiators import Lun, LunInitiator, UnauthenticatedProber
+from report import summarize, table, write_json, write_timeline
+from scenarios import SCENARIOS, Lab
+from topology import CHAP_USER, Target, Topology
+
+LUN_SIZE = 64 << 20
+
+
+class Settings:
+    def __init__(self, env=os.environ) -> None:
+        self.nodes = int(env.get("LAB_NODES", "2"))
+        self.targets = int(env.get("LAB_TARGETS", "6"))
+        self.luns = int(env.get("LAB_LUNS", "2"))
+        self.failovers = int(env.get("LAB_FAILOVERS", "10"))
+        self.scenarios = [s for s in env.get("LAB_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
+        self.stack = env.get("STACK", "tgtha")
+        self.config_tool = env.get("LAB_CONFIG", "crm")
+        self.out = Path(env.get("LAB_OUT", "lab-out")).resolve()
+        self.io_gap_s = int(env.get("LAB_IO_GAP_MS", "10")) / 1000
+        self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT", "120"))
+        self.prefix = env.get("LAB_PREFIX", "tgthalab")
+        problems = [s for s in self.scenarios if s not in SCENARIOS]
+        if problems or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
+                or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
+            raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {message}", flush=True)
+
+
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def configure(cluster: Cluster, topology: Topology, tool: str, work: Path) -> None:
+    node = cluster.nodes[0]
+    if tool == "crm":
+        config = work / "cluster.crm"
+        config.write_text(topology.crm_configuration())
+        result = node.run("crm", "configure", "load", "update", str(config), check=False)
+    else:
+        cib = work / "cluster-pcs.xml"
+        node.run("sh", "-c", f"cibadmin --query > {cib}")
+        for argv in topology.pcs_commands():
+            result = node.run("pcs", "-f", str(cib), *argv, check=False)
+            if result.returncode != 0:
+                break
+        else:
+            result = node.run("cibadmin", "--replace", "--xml-file", str(cib), check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{tool} configuration failed: {result.stderr.strip()[-1500:]}")
+
+
+def main() -> int:
+    settings = Settings()
+    progress = Progress()
+    if os.geteuid() != 0:
+        raise SystemExit("lab: needs root (namespaces, iptables)")
+    settings.out.mkdir(parents=True, exist_ok=True)
+    run_dir = settings.out / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cluster = Cluster(run_dir, settings.nodes, settings.prefix, log=progress)
+    # The shared "disk" of every node, standing in for DRBD or a SAN; a tmp
+    # directory on the host's file system that all node namespaces see.
+    backing = Path(tempfile.mkdtemp(prefix="tgthalab-disks-"))
+    initiators: list[LunInitiator] = []
+    prober = None
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        node_names = [n.name for n in cluster.nodes]
+        targets = []
+        for index in range(1, settings.targets + 1):
+            paths = []
+            for lun in range(1, settings.luns + 1):
+                path = backing / f"t{index}-lun{lun}.img"
+                with open(path, "wb") as disk:
+                    disk.truncate(LUN_SIZE)
+                paths.append(path)
+            targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
+        password = secrets.token_hex(12)
+        topology = Topology(settings.stack, node_names, targets, password)
+        progress(f"stack={settings.stack} config={settings.config_tool}: {settings.nodes} nodes, "
+                 f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "
+                 f"of {', '.join(settings.scenarios)}")
+        cluster.up()
+        progress(f"cluster up: {', '.join(node_names)} online, fencing by fence_tgthalab")
+        configure(cluster, topology, settings.config_tool, run_dir)
+        lab = Lab(cluster, topology, initiators, settings.settle_timeout_s)
+        lab_settled = wait_for(lambda: lab.all_active() and cluster.settled(),
+                               settings.settle_timeout_s, interval=1)
+        start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
+                          for f in cluster.failures()]
+        progress(f"configured with {settings.config_tool}: "
+                 + ("every resource started" if lab_settled else "NOT every resource started")
+                 + (f"; failed actions: {start_failures}" if start_failures else ""))
+
+        secret_file = run_dir / "chap.secret"
+        secret_file.write_text(password)
+        secret_file.chmod(0o600)
+        luns = [Lun(t.name, t.iqn, t.vip, n) for t in targets for n in t.lun_numbers()]
+        initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
+                       for seed, lun in enumerate(luns)]
+        load_start = time.monotonic()
+        for initiator in initiators:
+            initiator.start()
+        prober = UnauthenticatedProber([(t.vip, t.iqn) for t in targets], cluster.client)
+        prober.start()
+        lab.prober = prober
+        wait_for(lambda: all(i.log.completions for i in initiators), 60)
+        time.sleep(3)
+        idle = [i.lun.name for i in initiators if not i.log.completions]
+        progress(f"load running on {len(initiators)} LUNs from {CLIENT_IP} (qemu-io, libiscsi, CHAP)"
+                 + (f"; NO I/O on {idle}" if idle else ""))
+
+        results: dict[str, list] = {}
+        for scenario in settings.scenarios:
+            for number in range(1, settings.failovers + 1):
+                record = SCENARIOS[scenario](lab, number)
+                results.setdefault(scenario, []).append(record)
+                worst = max(record.pauses.values(), default=0.0)
+                progress(f"{scenario} {number}/{settings.failovers}: {record.action}: "
+                         + (f"settled in {record.settled_s:.1f}s" if record.settled_s is not None
+                            else f"NOT settled in {settings.settle_timeout_s:.0f}s")
+                         + f", worst pause {worst:.2f}s, errors {record.io_errors}, mismatches "
+                         f"{record.mismatches}, unauth {record.unauth_logins}"
+                         + (f", failed actions {record.failed_actions}" if record.failed_actions else "")
+                         + (f", stalled {record.stalled}" if record.stalled else ""))
+
+        scenarios = [summarize(name, records) for name, records in results.items()]
+        pauses = [s["pause_max_s"] for s in scenarios if s["pause_max_s"] is not None]
+        report = {
+            "stack": settings.stack,
+            "config_tool": settings.config_tool,
+            "nodes": settings.nodes,
+            "targets": settings.targets,
+            "luns": settings.targets * settings.luns,
+            "backing_store": "files on the host's file system seen by every node (standing in for DRBD or a SAN)",
+            "initiator": "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB",
+            "start_failed_actions": start_failures,
+            "all_started": lab_settled,
+            "prober_attempts": len(prober.attempts),
+            "total_io_completed": sum(len(i.log.completions) for i in initiators),
+            "total_io_errors": sum(len(i.log.errors) for i in initiators),
+            "total_mismatches": sum(len(i.log.mismatches) for i in initiators),
+            "total_retried_unit_attentions": sum(len(i.log.retried) for i in initiators),
+            "first_errors": [f"{i.lun.name}: {text}" for i in initiators for _, text in i.log.errors[:3]][:20],
+            "first_mismatches": [f"{i.lun.name}: {text}" for i in initiators
+                                 for _, text in i.log.mismatches[:3]][:20],
+            "worst_pause_s": max(pauses) if pauses else None,
+            "fence_log": cluster.fence_log,
+            "scenarios": scenarios,
+        }
+        for initiator in initiators:
+            initiator.stop()
+        prober.stop()
+        write_json(report, settings.out / "report.json")
+        write_timeline(settings.out / "timeline.png", load_start, initiators,
+                       [r for records in results.values() for r in records])
+        print()
+        print(f"tgtha lab report: stack={settings.stack}, {settings.nodes} nodes, {settings.targets} targets, "
+              f"{report['luns']} LUNs; {report['total_io_completed']} I/Os verified, "
+              f"{report['prober_attempts']} unauthenticated login attempts")
+        print(table(report))
+        print(f"\n{settings.out / 'report.json'}\n{settings.out / 'timeline.png'}")
+        return 0
+    except KeyboardInterrupt:
+        progress("interrupted: tearing down")
+        return 130
+    finally:
+        for initiator in initiators:
+            initiator.stop()
+        if prober is not None:
+            prober.stop()
+        cluster.down()
+        shutil.rmtree(backing, ignore_errors=True)
+        progress("torn down: no namespace, node, rule or initiator left")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Failover scenarios, and what one failover did to the initiators.
+
+Each failover: note the time, do the thing an administrator (or a failure)
+does, wait until the cluster has settled and every affected initiator has
+completed an I/O again, then record per affected initiator the I/O pause
+(the longest gap between completed I/Os across the failover), the errors and
+verification mismatches it saw, the unauthenticated logins that got in, and
+the failed actions Pacemaker recorded.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from cluster import Cluster, wait_for
+from initiators import LunInitiator, UnauthenticatedProber
+from topology import Topology
+
+RESUME_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Failover:
+    scenario: str
+    number: int
+    action: str
+    started: float                              # monotonic
+    settled_s: float | None = None              # None: did not settle within the bound
+    pauses: dict[str, float] = field(default_factory=dict)   # initiator -> seconds
+    stalled: list[str] = field(default_factory=list)         # initiators with no I/O at the end
+    io_errors: int = 0
+    retried_unit_attentions: int = 0
+    mismatches: int = 0
+    unauth_logins: int = 0
+    failed_actions: list[str] = field(default_factory=list)
+    injected_failures: list[str] = field(default_factory=list)
+
+
+class Lab:
+    """The running cluster, topology, initiators and prober the scenarios act on."""
+
+    def __init__(self, cluster: Cluster, topology: Topology, initiators: list[LunInitiator],
+                 settle_timeout_s: float) -> None:
+        self.cluster = cluster
+        self.topology = topology
+        self.initiators = initiators
+        self.prober: UnauthenticatedProber | None = None
+        self.settle_timeout_s = settle_timeout_s
+
+    # ------------------------------------------------------------ where things are
+
+    def group_nodes(self) -> dict[str, str | None]:
+        """Target group -> the node its last member (the unblock) runs on, None when down."""
+        active = self.cluster.resources()
+        where = {}
+        for target in self.topology.targets:
+            members = [p.id for p in self.topology.group_members(target)]
+            nodes = {tuple(active.get(m, [])) for m in members}
+            where[target.group] = nodes.pop()[0] if len(nodes) == 1 and () not in nodes else None
+        return where
+
+    def all_active(self) -> bool:
+        active = self.cluster.resources()
+        for clone_id, primitive in self.topology.clones():
+            if sorted(active.get(primitive.id, [])) != sorted(n.name for n in self.cluster.nodes
+                                                              if n.powered and n.name in self.online()):
+                return False
+        return all(self.group_nodes().values())
+
+    def online(self) -> set[str]:
+        try:
+            return self.cluster.online_nodes(self.cluster.any_node())
+        except RuntimeError:
+            return set()
+
+    def initiators_of(self, groups: list[str]) -> list[LunInitiator]:
+        names = {g.removeprefix("g_") for g in groups}
+        return [i for i in self.initiators if i.lun.target_name in names]
+
+    # ------------------------------------------------------------ one failover
+
+    def failover(self, scenario: str, number: int, action: str, do, affected_groups: list[str],
+                 ready_extra=lambda: True, injected=lambda f: False) -> Failover:
+        affected = self.initiators_of(affected_groups)
+        errors_before = sum(len(i.log.errors) for i in affected)
+        retries_before = sum(len(i.log.retried) for i in self.initiators)
+        mismatches_before = sum(len(i.log.mismatches) for i in self.initiators)
+        logins_before = len(self.prober.successes)
+        record = Failover(scenario, number, action, time.monotonic())
+        do()
+        time.sleep(1)
+
+        def ready() -> bool:
+            return (not self.cluster.booting() and ready_extra() and self.all_active()
+                    and self.cluster.settled())
+
+        if wait_for(ready, self.settle_timeout_s, interval=0.5):
+            record.settled_s = time.monotonic() - record.started
+        # Resumed: an I/O completed after the cluster settled (one merely in
+        # flight when the failover began does not count).
+        settled_at = time.monotonic()
+        wait_for(lambda: all(i.log.last_completion() > settled_at for i in affected), RESUME_TIMEOUT_S)
+        end = time.monotonic()
+        for initiator in affected:
+            record.pauses[initiator.lun.name] = longest_gap(initiator.log.completions, record.started, end)
+            if initiator.log.last_completion() <= settled_at:
+                record.stalled.append(initiator.lun.name)
+        record.io_errors = sum(len(i.log.errors) for i in affected) - errors_before
+        record.retried_unit_attentions = sum(len(i.log.retried) for i in self.initiators) - retries_before
+        record.mismatches = sum(len(i.log.mismatches) for i in self.initiators) - mismatches_before
+        record.unauth_logins = len(self.prober.successes) - logins_before
+        for failure in self.cluster.failures():
+            text = f"{failure.get('op_key')} on {failure.get('node')}: {failure.get('exitreason') or failure.get('status')}"
+            (record.injected_failures if injected(failure) else record.failed_actions).append(text)
+        if self.cluster.failures():
+            self.cluster.any_node().run("crm_resource", "--cleanup", check=False)
+            wait_for(self.cluster.settled, 30, interval=0.5)
+        return record
+
+
+def longest_gap(completions: list[float], start: float, end: float) -> float:
+    """The longest time without a completed I/O within [start, end]; a gap that
+    began before ``start`` counts from its beginning."""
+    times = completions[:]                      # the initiator's thread appends meanwhile
+    first = bisect.bisect_right(times, start)
+    last = bisect.bisect_right(times, end)
+    edges = [times[first - 1] if first else start, *times[first:last], end]
+    return max(b - a for a, b in zip(edges, edges[1:]))
+
+
+# ---------------------------------------------------------------- the scenarios
+
+def move_one_group(lab: Lab, number: int) -> Failover:
+    targets = lab.topology.targets
+    target = targets[(number - 1) % len(targets)]
+    where = lab.group_nodes()
+    source = where[target.group]
+    destination = next(n.name for n in lab.cluster.nodes if n.name != source)
+    node = lab.cluster.any_node()
+
+    def do() -> None:
+        node.run("crm_resource", "--move", "-r", target.group, "-N", destination, check=False)
+
+    record = lab.failover("move", number, f"move {target.group} {source} -> {destination}", do,
+                          [target.group], ready_extra=lambda: lab.group_nodes()[target.group] == destination)
+    node.run("crm_resource", "--clear", "-r", target.group, check=False)
+    return record
+
+
+def _busiest_node(lab: Lab) -> str:
+    where = [n for n in lab.group_nodes().values() if n]
+    return max((n.name for n in lab.cluster.nodes), key=where.count)
+
+
+def standby_node(lab: Lab, number: int) -> Failover:
+    victim = _busiest_node(lab)
+    groups = [g for g, n in lab.group_nodes().items() if n == victim]
+    node = lab.cluster.any_node()
+
+    def do() -> None:
+        node.run("crm_attribute", "-t", "nodes", "-N", victim, "-n", "standby", "-v", "on", check=False)
+
+    record = lab.failover("standby", number, f"standby {victim} ({len(groups)} groups)", do, groups,
+                          ready_extra=lambda: victim not in lab.group_nodes().values())
+    node.run("crm_attribute", "-t", "nodes", "-N", victim, "-n", "standby", "-v", "off", check=False)
+    wait_for(lambda: victim in lab.online() and lab.cluster.settled(), 60, interval=0.5)
+    return record
+
+
+def power_off_node(lab: Lab, number: int) -> Failover:
+    victim = _busiest_node(lab)
+    groups = [g for g, n in lab.group_nodes().items() if n == victim]
+    fences_before = len(lab.cluster.fence_log)
+
+    def fenced_and_back() -> bool:
+        fenced = any(victim in line for line in lab.cluster.fence_log[fences_before:])
+        return fenced and lab.cluster.node(victim).powered and victim in lab.online()
+
+    record = lab.failover("power-off", number, f"power off {victim} ({len(groups)} groups)",
+                          lab.cluster.node(victim).power_off, groups, ready_extra=fenced_and_back)
+    return record
+
+
+def kill_tgtd(lab: Lab, number: int) -> Failover:
+    victim = _busiest_node(lab)
+    groups = [g for g, n in lab.group_nodes().items() if n == victim]
+
+    def do() -> None:
+        for pid in lab.cluster.node(victim).pids("tgtd"):
+            os.kill(pid, signal.SIGKILL)
+
+    def injected(failure: dict[str, str]) -> bool:
+        return failure.get("node") == victim and failure.get("op_key", "").startswith("p_tgtd_monitor")
+
+    return lab.failover("kill-tgtd", number, f"kill -9 tgtd on {victim} ({len(groups)} groups)", do,
+                        groups, injected=injected)
+
+
+SCENARIOS = {
+    "move": move_one_group,
+    "standby": standby_node,
+    "power-off": power_off_node,
+    "kill-tgtd": kill_tgtd,
+}

@@ -1,0 +1,176 @@
+"""The reference HA iSCSI topology, as an administrator would configure it.
+
+One model (clones, target groups, constraints) rendered two ways: a crmsh
+configuration loaded with ``crm configure load update``, or the pcs commands
+an administrator types (run against a CIB file, then pushed, which is
+``pcs cluster cib`` / ``pcs cluster cib-push`` done with cibadmin).
+
+Per target group: portblock block -> IPaddr2 VIP -> iSCSITarget -> LUNs ->
+portblock unblock, so initiator traffic is blocked for the whole teardown and
+bring-up. Clones: tgtd, and (tgtha stack) the shared CHAP account.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster import CLIENT_IP, SUBNET
+
+CHAP_USER = "labinitiators"
+IQN_PREFIX = "iqn.2026-11.org.tgtha.lab"
+OPS = {"monitor": "interval=10s timeout=20s", "start": "timeout=20s", "stop": "timeout=20s"}
+
+
+@dataclass
+class Primitive:
+    id: str
+    agent: str                      # class:provider:type
+    params: dict[str, str]
+    ops: dict[str, str] = field(default_factory=lambda: dict(OPS))
+
+
+@dataclass
+class Target:
+    index: int
+    preferred_node: str
+    lun_paths: list[Path]
+
+    @property
+    def name(self) -> str:
+        return f"t{self.index}"
+
+    @property
+    def iqn(self) -> str:
+        return f"{IQN_PREFIX}:{self.name}"
+
+    @property
+    def vip(self) -> str:
+        return f"{SUBNET}.{100 + self.index}"
+
+    @property
+    def group(self) -> str:
+        return f"g_{self.name}"
+
+    def lun_numbers(self) -> list[int]:
+        return list(range(1, len(self.lun_paths) + 1))
+
+
+@dataclass
+class Topology:
+    stack: str                      # "tgtha" or "stock"
+    nodes: list[str]
+    targets: list[Target]
+    chap_password: str
+
+    # ------------------------------------------------------------ the model
+
+    def clones(self) -> list[tuple[str, Primitive]]:
+        clones = [("cl_tgtd", Primitive("p_tgtd", "lsb:tgt", {},
+                                        {"monitor": "interval=5s timeout=20s", "start": "timeout=30s",
+                                         "stop": "timeout=30s"}))]
+        if self.stack == "tgtha":
+            clones.append(("cl_chap", Primitive("p_chap", "ocf:tgtha:tgtuser",
+                                                {"username": CHAP_USER, "password": self.chap_password})))
+        return clones
+
+    def group_members(self, target: Target) -> list[Primitive]:
+        provider = "tgtha" if self.stack == "tgtha" else "heartbeat"
+        block = {"protocol": "tcp", "portno": "3260", "ip": target.vip}
+        if self.stack == "tgtha":
+            # Our portblock: REJECT with tcp-reset both ways and close the sockets,
+            # so tgtd's connections (and their Send-Q) go at once.
+            block.update(method="reject", direction="both")
+        account = {"incoming_username": CHAP_USER}
+        if self.stack == "stock":
+            # Stock has no shared account: every target makes (and deletes) the same one.
+            account["incoming_password"] = self.chap_password
+        target_params = {"implementation": "tgt", "iqn": target.iqn, "tid": str(target.index),
+                         "portals": f"{target.vip}:3260", "allowed_initiators": CLIENT_IP, **account}
+        members = [
+            Primitive(f"p_block_{target.name}", f"ocf:{provider}:portblock", {**block, "action": "block"}),
+            Primitive(f"p_vip_{target.name}", "ocf:heartbeat:IPaddr2",
+                      {"ip": target.vip, "cidr_netmask": "24", "nic": "eth0"}),
+            Primitive(f"p_target_{target.name}", f"ocf:{provider}:iSCSITarget", target_params),
+        ]
+        for lun, path in zip(target.lun_numbers(), target.lun_paths):
+            members.append(Primitive(f"p_lun_{target.name}_{lun}", f"ocf:{provider}:iSCSILogicalUnit",
+                                     {"implementation": "tgt", "target_iqn": target.iqn, "lun": str(lun),
+                                      "path": str(path)}))
+        members.append(Primitive(f"p_unblock_{target.name}", f"ocf:{provider}:portblock",
+                                 {**block, "action": "unblock"}))
+        return members
+
+    @property
+    def last_clone(self) -> str:
+        return self.clones()[-1][0]
+
+    # ------------------------------------------------------------ crmsh
+
+    def crm_configuration(self) -> str:
+        lines = [f"property stonith-enabled=true",
+                 "rsc_defaults resource-stickiness=200",
+                 f"primitive fence_lab stonith:fence_tgthalab params pcmk_host_list=\"{' '.join(self.nodes)}\""
+                 " op monitor interval=30s"]
+        previous = None
+        for clone_id, primitive in self.clones():
+            lines.append(_crm_primitive(primitive))
+            lines.append(f"clone {clone_id} {primitive.id} meta interleave=true")
+            if previous:
+                lines.append(f"order o_{previous}_{clone_id} Mandatory: {previous} {clone_id}")
+                lines.append(f"colocation c_{clone_id}_{previous} inf: {clone_id} {previous}")
+            previous = clone_id
+        for target in self.targets:
+            members = self.group_members(target)
+            lines += [_crm_primitive(p) for p in members]
+            lines.append(f"group {target.group} " + " ".join(p.id for p in members))
+            lines.append(f"location l_{target.name} {target.group} 100: {target.preferred_node}")
+            lines.append(f"order o_{target.name} Mandatory: {self.last_clone} {target.group}")
+            lines.append(f"colocation c_{target.name} inf: {target.group} {self.last_clone}")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------ pcs
+
+    def pcs_commands(self) -> list[list[str]]:
+        """pcs argument lists (without ``pcs -f FILE``), in order."""
+        commands = [["property", "set", "stonith-enabled=true"],
+                    ["resource", "defaults", "update", "resource-stickiness=200"],
+                    ["stonith", "create", "fence_lab", "fence_tgthalab",
+                     f"pcmk_host_list={' '.join(self.nodes)}", "op", "monitor", "interval=30s", "--force"]]
+        previous = None
+        for clone_id, primitive in self.clones():
+            commands.append(_pcs_create(primitive) + ["clone", clone_id, "interleave=true"])
+            if previous:
+                commands.append(["constraint", "order", "start", previous, "then", "start", clone_id])
+                commands.append(["constraint", "colocation", "add", clone_id, "with", previous, "INFINITY"])
+            previous = clone_id
+        for target in self.targets:
+            for primitive in self.group_members(target):
+                commands.append(_pcs_create(primitive) + ["--group", target.group])
+            commands.append(["constraint", "location", target.group, "prefers",
+                             f"{target.preferred_node}=100"])
+            commands.append(["constraint", "order", "start", self.last_clone, "then", "start", target.group])
+            commands.append(["constraint", "colocation", "add", target.group, "with", self.last_clone,
+                             "INFINITY"])
+        return commands
+
+    # ------------------------------------------------------------ what the lab checks
+
+    def resource_ids(self) -> list[str]:
+        ids = [p.id for _, p in self.clones()]
+        for target in self.targets:
+            ids += [p.id for p in self.group_members(target)]
+        return ids
+
+
+def _crm_primitive(p: Primitive) -> str:
+    params = " ".join(f"{k}={shlex.quote(v)}" for k, v in p.params.items())
+    ops = " ".join(f"op {name} {spec}" for name, spec in p.ops.items())
+    return f"primitive {p.id} {p.agent} " + (f"params {params} " if params else "") + ops
+
+
+def _pcs_create(p: Primitive) -> list[str]:
+    argv = ["resource", "create", p.id, p.agent, *(f"{k}={v}" for k, v in p.params.items()), "op"]
+    for name, spec in p.ops.items():
+        argv += [name, *spec.split()]
+    return argv
