@@ -108,5 +108,6 @@ def write_timeline(path: Path, lab_start: float, initiators, failovers: list[Fai
     handles = [plt.Line2D([], [], color=c, label=n) for n, c in colours.items()]
     fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=4)
     fig.suptitle("tgtha lab: initiator I/O through failovers", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
