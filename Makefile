@@ -3,6 +3,7 @@
 #   make test      run every test (namespaced ones need root)
 #   make install   agents as ocf:tgtha:*, library beside ocf.py ([DESTDIR=...])
 #   make bench     latency of our agents next to the stock ones, same run
+#   make lab       the failover lab: a Pacemaker cluster in namespaces, load, failovers, report
 
 DESTDIR    ?=
 OCF_ROOT   ?= /usr/lib/ocf
@@ -44,5 +45,7 @@ bench:
 clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
+# make lab STACK=stock LAB_TARGETS=2 ... : the lab's knobs (lab/lab.py) pass through.
+export STACK LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT
 lab: install
 	$(PYTHON) lab/lab.py

@@ -28,17 +28,17 @@ LUN_SIZE = 64 << 20
 
 class Settings:
     def __init__(self, env=os.environ) -> None:
-        self.nodes = int(env.get("LAB_NODES", "2"))
-        self.targets = int(env.get("LAB_TARGETS", "6"))
-        self.luns = int(env.get("LAB_LUNS", "2"))
-        self.failovers = int(env.get("LAB_FAILOVERS", "10"))
-        self.scenarios = [s for s in env.get("LAB_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
-        self.stack = env.get("STACK", "tgtha")
-        self.config_tool = env.get("LAB_CONFIG", "crm")
-        self.out = Path(env.get("LAB_OUT", "lab-out")).resolve()
-        self.io_gap_s = int(env.get("LAB_IO_GAP_MS", "10")) / 1000
-        self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT", "120"))
-        self.prefix = env.get("LAB_PREFIX", "tgthalab")
+        self.nodes = int(env.get("LAB_NODES") or "2")
+        self.targets = int(env.get("LAB_TARGETS") or "6")
+        self.luns = int(env.get("LAB_LUNS") or "2")
+        self.failovers = int(env.get("LAB_FAILOVERS") or "10")
+        self.scenarios = [s for s in (env.get("LAB_SCENARIOS") or ",".join(SCENARIOS)).split(",") if s]
+        self.stack = env.get("STACK") or "tgtha"
+        self.config_tool = env.get("LAB_CONFIG") or "crm"
+        self.out = Path(env.get("LAB_OUT") or "lab-out").resolve()
+        self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "10") / 1000
+        self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
+        self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         problems = [s for s in self.scenarios if s not in SCENARIOS]
         if problems or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
@@ -114,7 +114,7 @@ def main() -> int:
         lab_settled = wait_for(lambda: lab.all_active() and cluster.settled(),
                                settings.settle_timeout_s, interval=1)
         start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
-                          for f in cluster.failures()]
+                          for f in lab.new_failures()]
         progress(f"configured with {settings.config_tool}: "
                  + ("every resource started" if lab_settled else "NOT every resource started")
                  + (f"; failed actions: {start_failures}" if start_failures else ""))

@@ -67,7 +67,7 @@ class Topology:
 
     def clones(self) -> list[tuple[str, Primitive]]:
         clones = [("cl_tgtd", Primitive("p_tgtd", "lsb:tgt", {},
-                                        {"monitor": "interval=5s timeout=20s", "start": "timeout=30s",
+                                        {"monitor": "interval=2s timeout=20s", "start": "timeout=30s",
                                          "stop": "timeout=30s"}))]
         if self.stack == "tgtha":
             clones.append(("cl_chap", Primitive("p_chap", "ocf:tgtha:tgtuser",

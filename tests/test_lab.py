@@ -74,7 +74,7 @@ def test_every_failover_is_a_pause_never_an_error(tmp_path, report):
     assert pauses["move"]["pause_p99_s"] < 5 and pauses["standby"]["pause_p99_s"] < 5
     # The node really was powered off and fenced back on, and tgtd really died.
     assert any("reboot" in line or "off" in line for line in lab["fence_log"])
-    assert pauses["kill-tgtd"]["injected_failures"] == 2
+    assert pauses["kill-tgtd"]["injected_failures"] >= 2
     for s in lab["scenarios"]:
         report(f"lab (crmsh, 2 targets, 4 LUNs) {s['name']}: pause p50 {s['pause_p50_s']}s "
                f"max {s['pause_max_s']}s, errors {s['io_errors']}, mismatches {s['mismatches']}")
