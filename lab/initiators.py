@@ -79,27 +79,33 @@ class LunInitiator:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self._end_process()
         self.thread.join(timeout=5)
+
+    def _end_process(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
 
     # ------------------------------------------------------------ the loop
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._open()
             try:
+                self._open()
                 while not self._stop.is_set():
                     self._one_round()
                     if self.gap_s:
                         time.sleep(self.gap_s)
             except EOFError as err:
+                # The session is gone (or never came up): an error the application sees.
                 if not self._stop.is_set():
                     self.log.errors.append((time.monotonic(), f"qemu-io ended: {err}"))
-                    time.sleep(1)
+                    self._stop.wait(1)
 
     def _open(self) -> None:
+        self._end_process()
         self._buffer = b""
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, bufsize=0)
@@ -127,7 +133,10 @@ class LunInitiator:
         QEMU's driver logs a UNIT ATTENTION it retries ("iSCSI CheckCondition:
         ... UNIT_ATTENTION") before the command's own result: a guest never
         sees it, so it is counted apart, as a transparent retry."""
-        self.proc.stdin.write(command.encode() + b"\n")
+        try:
+            self.proc.stdin.write(command.encode() + b"\n")
+        except OSError as err:
+            raise EOFError(f"qemu-io is gone: {err}") from None
         output = self._until_prompt()
         now = time.monotonic()
         lines = output.splitlines()
@@ -171,7 +180,7 @@ class UnauthenticatedProber:
 
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=6)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -65,6 +65,10 @@ def table(report: dict) -> str:
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if not report["scenarios"]:
+        lines.append("(no scenario ran: no initiator completed a single I/O; "
+                     f"{len(report['resources_not_started_at_start'])} resources never started, "
+                     f"port 3260 block rules left per node: {report['firewall_rules_left']})")
     worst = report["worst_pause_s"]
     lines.append("")
     lines.append(f"worst pause {_s(worst)} against the initiators' {REPLACEMENT_TIMEOUT_S:.0f} s "
