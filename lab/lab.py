@@ -196,6 +196,7 @@ def main() -> int:
             "firewall_rules_left": firewall_rules(cluster),
             "all_started": lab_settled,
             "prober_attempts": len(prober.attempts),
+            "unauth_logins_total": len(prober.successes),
             "total_io_completed": sum(len(i.log.completions) for i in initiators),
             "total_io_errors": sum(len(i.log.errors) for i in initiators),
             "total_mismatches": sum(len(i.log.mismatches) for i in initiators),
