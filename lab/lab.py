@@ -225,12 +225,14 @@ def main() -> int:
         progress("interrupted: tearing down")
         return 130
     finally:
-        for initiator in initiators:
-            initiator.stop()
-        if prober is not None:
-            prober.stop()
-        cluster.down()
-        shutil.rmtree(backing, ignore_errors=True)
+        try:
+            for initiator in initiators:
+                initiator.stop()
+            if prober is not None:
+                prober.stop()
+            cluster.down()
+        finally:
+            shutil.rmtree(backing, ignore_errors=True)
         progress("torn down: no namespace, node, rule or initiator left")
 
 
