@@ -66,7 +66,7 @@ class Lab:
     # ------------------------------------------------------------ where things are
 
     def group_nodes(self) -> dict[str, str | None]:
-        """Target group -> the node its last member (the unblock) runs on, None when down."""
+        """Target group -> the node all its members run on; None while any is down or elsewhere."""
         active = self.cluster.resources()
         where = {}
         for target in self.topology.targets:
@@ -76,11 +76,11 @@ class Lab:
         return where
 
     def all_active(self) -> bool:
+        """Every clone runs on every online (not standby) node and every group is whole on one node."""
         active = self.cluster.resources()
-        for clone_id, primitive in self.topology.clones():
-            if sorted(active.get(primitive.id, [])) != sorted(n.name for n in self.cluster.nodes
-                                                              if n.powered and n.name in self.online()):
-                return False
+        online = sorted(self.online())
+        if any(sorted(active.get(p.id, [])) != online for _, p in self.topology.clones()):
+            return False
         return all(self.group_nodes().values())
 
     def online(self) -> set[str]:

@@ -108,7 +108,7 @@ class Topology:
     # ------------------------------------------------------------ crmsh
 
     def crm_configuration(self) -> str:
-        lines = [f"property stonith-enabled=true",
+        lines = ["property stonith-enabled=true",
                  "rsc_defaults resource-stickiness=200",
                  f"primitive fence_lab stonith:fence_tgthalab params pcmk_host_list=\"{' '.join(self.nodes)}\""
                  " op monitor interval=30s"]
