@@ -20,7 +20,7 @@ DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-ag
 .PHONY: all deps test install uninstall bench clean lab
 
 all:
-	@echo "targets: deps test install uninstall bench"
+	@echo "targets: deps test install uninstall bench lab"
 
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -q

@@ -10,6 +10,7 @@ The initiators live in a client namespace on the same bridge.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -90,10 +91,16 @@ class Node:
     def boot_cluster_stack(self) -> None:
         """Power on, then corosync and pacemaker, as a node's boot would."""
         self.power_on()
-        self.spawn("corosync", "-f", log="/var/log/corosync/stdout.log")
+        self.start_corosync()
         if not wait_for(lambda: self.run("corosync-cmapctl", "-g", "totem.cluster_name",
                                          check=False).returncode == 0, 20):
             raise RuntimeError(f"corosync did not start on {self.name}")
+        self.start_pacemaker()
+
+    def start_corosync(self) -> None:
+        self.spawn("corosync", "-f", log="/var/log/corosync/stdout.log")
+
+    def start_pacemaker(self) -> None:
         self.spawn("env", "PCMK_logfile=/var/log/pacemaker/pacemaker.log", "PCMK_logfacility=none",
                    "pacemakerd", log="/var/log/pacemaker/stdout.log")
 
@@ -109,7 +116,7 @@ class Node:
 
     def spawn(self, *argv: str, log: str) -> None:
         """A daemon of the node, detached so that the node's tini adopts it."""
-        command = " ".join(_quote(a) for a in argv)
+        command = " ".join(shlex.quote(a) for a in argv)
         self.run("sh", "-c", f"setsid -f {command} </dev/null >>{log} 2>&1")
 
     def pids(self, comm: str) -> list[int]:
@@ -130,11 +137,6 @@ class Node:
         return found
 
 
-def _quote(arg: str) -> str:
-    import shlex
-    return shlex.quote(arg)
-
-
 def _same_netns(pid: int, netns: str) -> bool:
     try:
         return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
@@ -146,13 +148,12 @@ class Cluster:
     """Build, operate and tear down the namespace cluster."""
 
     def __init__(self, run_dir: Path, nodes: int = 2, prefix: str = "tgthalab",
-                 token_ms: int = 1000, log=print) -> None:
+                 token_ms: int = 1000) -> None:
         self.run_dir = run_dir
         self.prefix = prefix
         self.switch = f"{prefix}-sw"
         self.client = f"{prefix}-c"
         self.token_ms = token_ms
-        self.log = log
         self.sbin_dir = run_dir / "sbin"
         self.fence_dir = run_dir / "fence"
         self.nodes = [Node(self, i) for i in range(1, nodes + 1)]
@@ -174,12 +175,11 @@ class Cluster:
         self._start_power_switch()
         for node in self.nodes:
             node.power_on()
-            node.spawn("corosync", "-f", log="/var/log/corosync/stdout.log")
+            node.start_corosync()
         if not wait_for(self._quorate, 60):
             raise RuntimeError("corosync membership did not form")
         for node in self.nodes:
-            node.spawn("env", "PCMK_logfile=/var/log/pacemaker/pacemaker.log", "PCMK_logfacility=none",
-                       "pacemakerd", log="/var/log/pacemaker/stdout.log")
+            node.start_pacemaker()
         if not wait_for(lambda: self.online_nodes() == {n.name for n in self.nodes} and self.has_dc(), 120):
             raise RuntimeError("pacemaker did not bring every node online")
 
@@ -369,7 +369,6 @@ class Cluster:
                     os.kill(int(pid), signal.SIGKILL)
         for netns in mine:
             wait_for(lambda: not run(["ip", "netns", "pids", netns], check=False).stdout.strip(), 10)
-            run(["ip", "netns", "pids", netns], check=False)
             for pid in run(["ip", "netns", "pids", netns], check=False).stdout.split():
                 os.kill(int(pid), signal.SIGKILL)   # processes the lab started in it (initiators)
             run(["ip", "netns", "del", netns], check=False)

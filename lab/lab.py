@@ -107,7 +107,7 @@ def main() -> int:
         raise SystemExit(f"lab: another lab ({settings.prefix}) is running on this machine") from None
     run_dir = settings.out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cluster = Cluster(run_dir, settings.nodes, settings.prefix, log=progress)
+    cluster = Cluster(run_dir, settings.nodes, settings.prefix)
     # The shared "disk" of every node, standing in for DRBD or a SAN; a tmp
     # directory on the host's file system that all node namespaces see.
     backing = Path(tempfile.mkdtemp(prefix="tgthalab-disks-"))
