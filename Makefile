@@ -41,6 +41,7 @@ uninstall:
 
 bench:
 	$(PYTHON) bench/agent_latency.py
+	$(PYTHON) bench/tgtd_cycles.py
 
 clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -15,9 +15,16 @@ RNG = Path("/usr/share/resource-agents/metadata.rng")
 AGENT_NAMES = sorted(p.name for p in AGENTS.iterdir() if p.is_file())
 
 
+def agent_module(name: str) -> str:
+    """The library module an agent runs: its executable's ``from tgtha.X import main``."""
+    line = next(line for line in (AGENTS / name).read_text().splitlines()
+                if line.startswith("from tgtha.") and " import main" in line)
+    return line.split()[1].removeprefix("tgtha.")
+
+
 def agent_class(name: str):
     import importlib
-    module = importlib.import_module(f"tgtha.{name.lower()}")
+    module = importlib.import_module(f"tgtha.{agent_module(name)}")
     return next(v for v in vars(module).values()
                 if isinstance(v, type) and getattr(v, "NAME", None) == name)
 
@@ -52,7 +59,7 @@ def test_declared_parameters_and_defaults_match_the_code(name):
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_every_parameter_the_code_reads_is_declared(name):
-    source = REPO / "lib" / "tgtha" / f"{name.lower()}.py"
+    source = REPO / "lib" / "tgtha" / f"{agent_module(name)}.py"
     read = {node.args[0].value for node in ast.walk(ast.parse(source.read_text()))
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "param"
             and node.args and isinstance(node.args[0], ast.Constant)}

@@ -1,6 +1,7 @@
 """resource-agents' ocf-tester passes for every portblock flavour and leaves no rule behind."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -86,3 +87,11 @@ def test_ocf_tester_passes_for_iscsilogicalunit_and_leaves_nothing(iscsi_lab):
     assert "LUN: 1\n" not in iscsi_lab.show()
     assert iscsi_lab.agent("iSCSITarget", "stop", target).rc == 0
     assert "Target" not in iscsi_lab.show()
+
+
+def test_ocf_tester_passes_for_tgtd_and_leaves_no_tgtd(netns, state_dir, tmp_path):
+    port = str(20000 + os.getpid() % 5000)
+    result = ocf_tester(netns, state_dir, "tgtd", {"control_port": port, "log_file": str(tmp_path / "tgtd.log")})
+    assert result.returncode == 0 and "passed all tests" in result.stdout, result.stdout + result.stderr
+    assert not os.path.exists(f"/var/run/tgtd/socket.{port}")
+    assert not os.path.exists(f"/var/run/tgtd/socket.{port}.lock")

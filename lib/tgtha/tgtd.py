@@ -77,6 +77,10 @@ class TgtdUnreachable(Exception):
     """No tgtd answers on the management socket (not running, or hung)."""
 
 
+class TgtdNotRunning(TgtdUnreachable):
+    """Nothing listens on the management socket: no tgtd runs on that control port."""
+
+
 def socket_path(control_port: int) -> str:
     base = os.environ.get("TGT_IPC_SOCKET", "/var/run/tgtd/socket")
     return f"{base}.{control_port}"
@@ -192,6 +196,28 @@ def parse_targets(text: str) -> list[Target]:
     return targets
 
 
+def parse_system_state(text: str) -> str:
+    """The ``State:`` of ``tgtadm --mode sys --op show``'s "System:" section."""
+    section = ""
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            section = line.strip()
+        elif section == "System:" and line.strip().startswith("State: "):
+            return line.strip()[len("State: "):]
+    return ""
+
+
+def parse_portals(text: str) -> list[tuple[str, int]]:
+    """``tgtadm --lld iscsi --mode portal --op show``: "Portal: ADDRESS:PORT,TPGT" lines."""
+    portals = []
+    for line in text.splitlines():
+        if line.startswith("Portal: "):
+            address, _, port = line[len("Portal: "):].rpartition(",")[0].rpartition(":")
+            if port.isdigit():
+                portals.append((address.strip("[]"), int(port)))
+    return portals
+
+
 def parse_accounts(text: str) -> list[str]:
     """Parse ``tgtadm --mode account --op show``."""
     return [line.strip() for line in text.splitlines()
@@ -244,7 +270,7 @@ class TgtdControl:
             try:
                 sock.connect(self.path)
             except (FileNotFoundError, ConnectionRefusedError):
-                raise TgtdUnreachable(f"tgtd is not running (nothing listens on {self.path})") from None
+                raise TgtdNotRunning(f"tgtd is not running (nothing listens on {self.path})") from None
             sock.sendall(header + body)
             answer = self._receive(sock)
         except TimeoutError:
@@ -291,6 +317,22 @@ class TgtdControl:
 
     def accounts(self) -> list[str]:
         return parse_accounts(self.request(MODE_ACCOUNT, OP_SHOW, what="show accounts"))
+
+    def system_state(self) -> str:
+        """"ready" or "offline" (an offline tgtd closes every new connection at once)."""
+        return parse_system_state(self.request(MODE_SYSTEM, OP_SHOW, what="show system"))
+
+    def portals(self) -> list[tuple[str, int]]:
+        return parse_portals(self.request(MODE_PORTAL, OP_SHOW, what="show portals"))
+
+    # ---------------------------------------------------------- the daemon
+
+    def set_system_state(self, state: str) -> None:
+        self.request(MODE_SYSTEM, OP_UPDATE, params=f"State={state}", what=f"set tgtd {state}")
+
+    def shut_down(self) -> None:
+        """tgtd leaves its event loop after answering; refused while any target exists."""
+        self.request(MODE_SYSTEM, OP_DELETE, what="shut tgtd down")
 
     # ---------------------------------------------------------- targets
 

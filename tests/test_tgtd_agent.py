@@ -1,0 +1,313 @@
+"""ocf:tgtha:tgtd runs tgtd itself: ready when start returns, watched, stopped within bounds.
+
+Real tgtd in a node namespace, real libiscsi initiators (iscsi-perf, qemu-io)
+in a client namespace, the agents run as pacemaker-execd runs them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, AgentRun, needs_root, run_agent, sh, veth_pair
+
+pytestmark = [needs_root, pytest.mark.skipif(shutil.which("tgtd") is None, reason="tgt not installed")]
+
+NODE_IP, CLIENT_IP = "10.83.0.1", "10.83.0.2"
+IQN = "iqn.2026-11.test.tgtha:daemon{}"
+_ports = iter(range(2000 + os.getpid() % 5000, 40000))
+
+
+class Node:
+    """A node namespace whose tgtd is the tgtd agent's, and a client namespace beside it."""
+
+    def __init__(self, make_netns, state: Path, tmp_path: Path) -> None:
+        self.ns, self.client = make_netns("tnode"), make_netns("tcli")
+        veth_pair(self.ns, self.client, f"{NODE_IP}/24", f"{CLIENT_IP}/24")
+        self.state = state
+        self.tmp_path = tmp_path
+        self.port = next(_ports)
+        self.params = {"control_port": str(self.port), "log_file": str(tmp_path / "tgtd.log"),
+                       "tgtd_options": f"--iscsi portal={NODE_IP}:3260"}
+
+    def tgtd(self, action: str, meta: dict[str, str] | None = None, **params: str) -> AgentRun:
+        return run_agent("tgtd", action, {**self.params, **params}, ns=self.ns, state=self.state,
+                         instance="p_tgtd", meta=meta)
+
+    def agent(self, agent: str, action: str, params: dict[str, str]) -> AgentRun:
+        return run_agent(agent, action, {"control_port": str(self.port), **params}, ns=self.ns,
+                         state=self.state, instance=f"p_{agent}")
+
+    def tgtadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("tgtadm", "-C", str(self.port), *args, check=check)
+
+    def pids(self) -> list[int]:
+        """Every tgtd process on this control port, zombies excluded."""
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if cmdline[0].endswith(b"tgtd") and str(self.port).encode() in cmdline and state != "Z":
+                found.append(int(entry))
+        return found
+
+    def leftovers(self) -> list[str]:
+        return [p for p in (f"/var/run/tgtd/socket.{self.port}", f"/var/run/tgtd/socket.{self.port}.lock")
+                if os.path.exists(p)]
+
+    def cleanup(self) -> None:
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+        for path in self.leftovers():
+            os.unlink(path)
+
+
+@pytest.fixture
+def node(make_netns, state_dir, tmp_path):
+    node = Node(make_netns, state_dir, tmp_path)
+    yield node
+    node.cleanup()
+
+
+def backing_file(node: Node, name: str) -> str:
+    path = node.tmp_path / name
+    with open(path, "wb") as disk:
+        disk.truncate(64 << 20)
+    return str(path)
+
+
+# ---------------------------------------------------------------- start, monitor, stop
+
+def test_start_returns_a_tgtd_that_answers_and_stop_leaves_nothing(node):
+    assert node.tgtd("monitor", meta={"interval": "0"}).rc == 7
+    start = node.tgtd("start")
+    assert start.rc == 0, start
+    # What is ordered after tgtd runs at once and must find it serving.
+    assert "State: ready" in node.tgtadm("--mode", "sys", "--op", "show").stdout
+    assert len(node.pids()) == 1
+    assert node.tgtd("monitor", meta={"interval": "5000"}).rc == 0
+    assert node.tgtd("start").rc == 0 and len(node.pids()) == 1      # idempotent: adopted
+    stop = node.tgtd("stop")
+    assert stop.rc == 0, stop
+    assert node.pids() == [] and node.leftovers() == []
+    assert node.tgtd("monitor", meta={"interval": "0"}).rc == 7
+    assert node.tgtd("stop").rc == 0
+    assert "--foreground" in (node.tmp_path / "tgtd.log").read_text()
+
+
+def test_a_tgtd_started_by_hand_is_adopted_not_doubled(node):
+    log = open(node.tmp_path / "by-hand.log", "w")
+    by_hand = subprocess.Popen(node.ns.exec_argv("tgtd", "-f", "-C", str(node.port)), stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while node.tgtadm("--mode", "sys", "--op", "show", check=False).returncode != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        node.tgtadm("--mode", "sys", "--op", "update", "--name", "State", "-v", "offline")
+        assert node.tgtd("monitor", meta={"interval": "5000"}).rc == 1       # offline is not serving
+        start = node.tgtd("start")
+        assert start.rc == 0, start
+        assert node.pids() == [by_hand.pid]
+        assert "State: ready" in node.tgtadm("--mode", "sys", "--op", "show").stdout
+        assert node.tgtd("stop").rc == 0
+        assert by_hand.wait(timeout=5) is not None and node.leftovers() == []
+    finally:
+        if by_hand.poll() is None:
+            by_hand.kill()
+        by_hand.wait()
+        log.close()
+
+
+def test_kill_9_is_seen_by_the_next_monitor_and_stop_cleans_up(node):
+    assert node.tgtd("start").rc == 0
+    [pid] = node.pids()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while node.pids():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    monitor = node.tgtd("monitor", meta={"interval": "5000"})
+    assert monitor.rc == 7, monitor
+    assert node.tgtd("stop").rc == 0 and node.leftovers() == []
+    assert node.tgtd("start").rc == 0 and len(node.pids()) == 1
+
+
+def test_a_hung_tgtd_fails_the_monitor_within_its_timeout_and_stop_kills_it(node):
+    assert node.tgtd("start").rc == 0
+    [pid] = node.pids()
+    os.kill(pid, signal.SIGSTOP)
+    began = time.monotonic()
+    monitor = node.tgtd("monitor", meta={"interval": "5000", "timeout": "3000"})
+    took = time.monotonic() - began
+    assert monitor.rc == 1 and "hung" in monitor.exit_reason, monitor
+    assert took < 3.0
+    began = time.monotonic()
+    stop = node.tgtd("stop", meta={"timeout": "5000"})
+    assert stop.rc == 0, stop
+    assert time.monotonic() - began < 5.0
+    assert node.pids() == [] and node.leftovers() == []
+
+
+def test_a_start_that_fails_leaves_no_tgtd_of_its_own(node, tmp_path):
+    # A "tgtd" that never answers: the start times out and must take it down again.
+    silent = tmp_path / "silent-tgtd"
+    silent.write_text("#!/bin/sh\nexec sleep 600\n")
+    silent.chmod(0o755)
+    began = time.monotonic()
+    start = node.tgtd("start", meta={"timeout": "3000"}, binary=str(silent))
+    assert start.rc == 1 and "did not" in start.exit_reason, start
+    assert time.monotonic() - began < 3.0
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith(str(silent))]
+    # One that exits at once: the reason carries tgtd's own words.
+    start = node.tgtd("start", tgtd_options="--nr_iothreads 0")
+    assert start.rc == 1 and "exited at start" in start.exit_reason, start
+    assert "out of range" in start.exit_reason, start
+    assert node.pids() == [] and node.leftovers() == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("params, rc, reason", [
+    ({"control_port": "x1"}, 6, "control_port"),
+    ({"tgtd_options": "-C 7"}, 6, "control_port"),
+    ({"tgtd_options": "--pid-file=/run/x"}, 6, "set by the agent"),
+    ({"tgtd_options": "--iscsi 'portal=unclosed"}, 6, "cannot be parsed"),
+    ({"binary": "tgtd"}, 6, "absolute"),
+    ({"binary": "/nonexistent/tgtd"}, 5, "not installed"),
+    ({"log_file": "/nonexistent/dir/tgtd.log"}, 5, "does not exist"),
+])
+def test_bad_input_is_refused_with_a_reason_and_starts_nothing(node, params, rc, reason):
+    for action in ("validate-all", "start"):
+        result = node.tgtd(action, **params)
+        assert result.rc == rc and reason in result.exit_reason, (action, result)
+    assert node.pids() == []
+    assert node.tgtd("stop", **params).rc == 0
+
+
+def test_probe_on_a_node_without_tgt_says_not_running(node):
+    probe = node.tgtd("monitor", meta={"interval": "0"}, binary="/nonexistent/tgtd")
+    assert probe.rc == 7, probe
+
+
+def test_start_monitor_stop_cycles_on_a_busy_machine_never_fail(report):
+    """The benchmark's check (bench/tgtd_cycles.py, 100 cycles in make bench), shorter."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "tgtd_cycles.py"), "--cycles", "20"],
+                            capture_output=True, text=True, timeout=300)
+    report(result.stdout.strip())
+    assert result.returncode == 0 and ": 0 failures" in result.stdout, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- stop under load
+
+@pytest.mark.skipif(shutil.which("iscsi-perf") is None, reason="libiscsi-bin not installed")
+def test_stop_with_six_targets_twelve_luns_and_loaded_initiators_takes_under_two_seconds(node, report):
+    assert node.tgtd("start").rc == 0
+    targets = [{"iqn": IQN.format(n), "portals": f"{NODE_IP}:3260", "allowed_initiators": CLIENT_IP}
+               for n in range(1, 7)]
+    for target in targets:
+        assert node.agent("iSCSITarget", "start", target).rc == 0
+        for lun in (1, 2):
+            assert node.agent("iSCSILogicalUnit", "start", {
+                "target_iqn": target["iqn"], "lun": str(lun),
+                "path": backing_file(node, f"{target['iqn'][-7:]}-{lun}.img")}).rc == 0
+    log = open(node.tmp_path / "perf.log", "w")
+    loaders = [subprocess.Popen(node.client.exec_argv(
+        "iscsi-perf", "-i", "iqn.2026-11.test.tgtha:loader", "-m", "16", "-b", "256", "-x", "-1",
+        f"iscsi://{NODE_IP}/{t['iqn']}/{lun}"), stdout=log, stderr=subprocess.STDOUT)
+        for t in targets for lun in (1, 2)]
+    try:
+        deadline = time.monotonic() + 20
+        while node.tgtadm("--mode", "target", "--op", "show").stdout.count("I_T nexus: ") < 12:
+            assert time.monotonic() < deadline, "not every initiator logged in"
+            time.sleep(0.1)
+        time.sleep(1)
+        began = time.monotonic()
+        stop = node.tgtd("stop")
+        took = time.monotonic() - began
+    finally:
+        for loader in loaders:
+            loader.kill()
+            loader.wait()
+        log.close()
+    assert stop.rc == 0, stop
+    assert node.pids() == [] and node.leftovers() == []
+    report(f"tgtd stop with 6 targets, 12 LUNs, 12 iscsi-perf sessions: {took:.2f} s")
+    assert took < 2.0
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="qemu-utils not installed")
+def test_in_the_normal_order_restarting_tgtd_costs_initiators_a_pause_never_an_error(node, report):
+    """Group stop (block, LUNs, target, VIP stays), tgtd stop and start, group start (unblock),
+    three times, under verified qemu-io writes: no error reaches the initiator."""
+    sys.path.insert(0, str(REPO / "lab"))
+    from initiators import Lun, LunInitiator
+    target = {"iqn": IQN.format(1), "portals": f"{NODE_IP}:3260", "allowed_initiators": CLIENT_IP}
+    luns = [{"target_iqn": target["iqn"], "lun": str(n), "path": backing_file(node, f"n{n}.img")}
+            for n in (1, 2)]
+    block = {"protocol": "tcp", "portno": "3260", "ip": NODE_IP, "method": "reject", "direction": "both"}
+
+    def group(action: str) -> None:
+        members = [("portblock", {**block, "action": "block"}), ("iSCSITarget", target),
+                   *[("iSCSILogicalUnit", lun) for lun in luns], ("portblock", {**block, "action": "unblock"})]
+        for agent, params in (members if action == "start" else reversed(members)):
+            result = node.agent(agent, action, params)
+            assert result.rc == 0, (agent, action, result)
+
+    assert node.tgtd("start").rc == 0
+    group("start")
+    secret = node.tmp_path / "no-secret"
+    secret.write_text("unused")
+    initiators = [LunInitiator(Lun("t1", target["iqn"], NODE_IP, n), node.client.name, "", secret, 0.02, n)
+                  for n in (1, 2)]
+    for initiator in initiators:
+        initiator.argv = _without_chap(initiator.argv)
+        initiator.start()
+    try:
+        _wait(lambda: all(len(i.log.completions) > 20 for i in initiators), 30)
+        for _ in range(3):
+            group("stop")
+            assert node.tgtd("stop").rc == 0 and node.pids() == []
+            time.sleep(0.5)
+            assert node.tgtd("start").rc == 0
+            group("start")
+            resumed_after = time.monotonic()
+            _wait(lambda: all(i.log.last_completion() > resumed_after for i in initiators), 60)
+    finally:
+        for initiator in initiators:
+            initiator.stop()
+    errors = [e for i in initiators for e in i.log.errors + i.log.mismatches]
+    report(f"tgtd restarted 3 times in the normal order under qemu-io writes: "
+           f"{sum(len(i.log.completions) for i in initiators)} verified I/Os, {len(errors)} errors")
+    assert errors == []
+    assert all(i.log.last_completion() > resumed_after for i in initiators)
+
+
+def _without_chap(argv_method):
+    def argv() -> list[str]:
+        return [a if not a.startswith("driver=iscsi") else
+                ",".join(p for p in a.split(",") if not p.startswith(("user=", "password-secret=")))
+                for a in argv_method()]
+    return argv
+
+
+def _wait(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
