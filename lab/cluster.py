@@ -298,13 +298,24 @@ class Cluster:
                 return node
         raise RuntimeError("no node is up")
 
-    def crm_mon(self, node: Node | None = None) -> ET.Element | None:
+    def crm_mon_text(self, node: Node | None = None) -> str:
+        """crm_mon's XML as text ("" when no node answers)."""
         try:
             node = node or self.any_node()
-            out = node.run("crm_mon", "-1", "--output-as=xml", check=False, timeout=30).stdout
+            return node.run("crm_mon", "-1", "--output-as=xml", check=False, timeout=30).stdout
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return ""
+
+    def crm_mon(self, node: Node | None = None) -> ET.Element | None:
+        out = self.crm_mon_text(node)
+        try:
             return ET.fromstring(out) if out.strip() else None
-        except (RuntimeError, ET.ParseError, subprocess.TimeoutExpired):
+        except ET.ParseError:
             return None
+
+    def pacemaker_logs(self) -> list[Path]:
+        """Each node's Pacemaker log, as the host sees it (kept across the node's reboots)."""
+        return [node.dir / "var_log_pacemaker" / "pacemaker.log" for node in self.nodes]
 
     def online_nodes(self, node: Node | None = None) -> set[str]:
         status = self.crm_mon(node or self.nodes[0])

@@ -5,6 +5,7 @@ initiator load, failovers, a report. ``make lab`` runs it (as root).
 Knobs (environment): LAB_NODES=2 LAB_TARGETS=6 LAB_LUNS=2 LAB_FAILOVERS=10
 LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
 LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=30 LAB_SETTLE_TIMEOUT=120
+LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from cluster import CLIENT_IP, Cluster, wait_for
 from initiators import Lun, LunInitiator, UnauthenticatedProber
 from report import summarize, table, write_json, write_timeline
-from scenarios import SCENARIOS, Lab
+from scenarios import RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
 from topology import CHAP_USER, Target, Topology
 
 LUN_SIZE = 64 << 20
@@ -43,6 +44,10 @@ class Settings:
         self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "30") / 1000
         self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
+        # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
+        # node (its backing file is hidden) until the lab's recovery puts it back.
+        self.inject = {(item.split(":")[0], int(item.split(":")[1]))
+                       for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS]
         if problems or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
@@ -93,6 +98,123 @@ def configure(cluster: Cluster, topology: Topology, tool: str, work: Path) -> No
         raise RuntimeError(f"{tool} configuration failed: {(result.stdout + result.stderr).strip()[-1500:]}")
 
 
+# The longest one failover can take: the settle bound, a recovery (same bound), the resume wait.
+def failover_bound_s(settings: Settings) -> float:
+    return 2 * settings.settle_timeout_s + RESUME_TIMEOUT_S + 20
+
+
+class Run:
+    """What the lab has done so far: enough to report at any moment, also when interrupted."""
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.initiators: list[LunInitiator] = []
+        self.prober: UnauthenticatedProber | None = None
+        self.results: dict[str, list[Failover]] = {}
+        self.ended_early: dict[str, str] = {}
+        self.start_failures: list[str] = []
+        self.not_started: list[str] = []
+        self.idle: list[str] = []
+        self.all_started = False
+        self.serving = False
+        self.load_start = time.monotonic()
+        self.failovers_done = 0
+        self.failover_seconds = 0.0
+
+    def eta(self) -> str:
+        planned = len(self.settings.scenarios) * self.settings.failovers
+        left = planned - self.failovers_done - sum(
+            self.settings.failovers - len(self.results.get(s, [])) for s in self.ended_early)
+        if not self.failovers_done:
+            return ""
+        typical = self.failover_seconds / self.failovers_done
+        return (f"; ETA {left * typical / 60:.0f} min "
+                f"(at most {left * failover_bound_s(self.settings) / 60:.0f} min)")
+
+    def scenario(self, lab: Lab, name: str) -> None:
+        unsettled_in_a_row = 0
+        for number in range(1, self.settings.failovers + 1):
+            began = time.monotonic()
+            record = SCENARIOS[name](lab, number)
+            self.results.setdefault(name, []).append(record)
+            self.failovers_done += 1
+            self.failover_seconds += time.monotonic() - began
+            worst = max(record.pauses.values(), default=0.0)
+            cluster_s = record.cluster.get("cluster_s")
+            self.progress(
+                f"{name} {number}/{self.settings.failovers}: {record.action}: "
+                + (f"settled in {record.settled_s:.1f}s" if record.settled_s is not None
+                   else f"NOT settled in {self.settings.settle_timeout_s:.0f}s (state in run/"
+                        f"{record.unsettled['crm_mon']}; recovered: {record.unsettled['recovered']})")
+                + (f", cluster {cluster_s:.2f}s" if cluster_s is not None else "")
+                + f", worst pause {worst:.2f}s, errors {record.io_errors}, mismatches "
+                f"{record.mismatches}, unauth {record.unauth_logins}"
+                + (f", failed actions {record.failed_actions}" if record.failed_actions else "")
+                + (f", injected {record.injected_failures}" if record.injected_failures else "")
+                + (f", stalled {record.stalled}" if record.stalled else "")
+                + self.eta())
+            unsettled_in_a_row = 0 if record.settled_s is not None else unsettled_in_a_row + 1
+            if unsettled_in_a_row == 2:
+                self.ended_early[name] = f"two failovers in a row did not settle (at {number})"
+                self.progress(f"{name}: ended early: {self.ended_early[name]}")
+                return
+
+    def report(self, cluster: Cluster, interrupted: bool) -> dict:
+        settings = self.settings
+        scenarios = [summarize(name, records) for name, records in self.results.items()]
+        for scenario in scenarios:
+            scenario["ended_early"] = self.ended_early.get(scenario["name"])
+        pauses = [s["pause_max_s"] for s in scenarios if s["pause_max_s"] is not None]
+        initiators = self.initiators
+        return {
+            "stack": settings.stack,
+            "config_tool": settings.config_tool,
+            "interrupted": interrupted,
+            "nodes": settings.nodes,
+            "targets": settings.targets,
+            "luns": settings.targets * settings.luns,
+            "backing_store": "files on the host's file system seen by every node (standing in for DRBD or a SAN)",
+            "initiator": "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB",
+            "start_failed_actions": self.start_failures,
+            "serving": self.serving,
+            "resources_not_started_at_start": self.not_started,
+            "luns_without_io_at_start": self.idle,
+            "firewall_rules_left": firewall_rules(cluster),
+            "all_started": self.all_started,
+            "prober_attempts": len(self.prober.attempts) if self.prober else 0,
+            "unauth_logins_total": len(self.prober.successes) if self.prober else 0,
+            "total_io_completed": sum(len(i.log.completions) for i in initiators),
+            "total_io_errors": sum(len(i.log.errors) for i in initiators),
+            "total_mismatches": sum(len(i.log.mismatches) for i in initiators),
+            "total_retried_unit_attentions": sum(len(i.log.retried) for i in initiators),
+            "first_errors": [f"{i.lun.name}: {text}" for i in initiators for _, text in i.log.errors[:3]][:20],
+            "first_mismatches": [f"{i.lun.name}: {text}" for i in initiators
+                                 for _, text in i.log.mismatches[:3]][:20],
+            "worst_pause_s": max(pauses) if pauses else None,
+            "fence_log": cluster.fence_log,
+            "scenarios": scenarios,
+        }
+
+    def write_report(self, cluster: Cluster, interrupted: bool) -> None:
+        for initiator in self.initiators:
+            initiator.stop()
+        if self.prober is not None:
+            self.prober.stop()
+        out = self.settings.out
+        report = self.report(cluster, interrupted)
+        write_json(report, out / "report.json")
+        write_timeline(out / "timeline.png", self.load_start, self.initiators,
+                       [r for records in self.results.values() for r in records])
+        print()
+        print(("INTERRUPTED: what completed. " if interrupted else "")
+              + f"tgtha lab report: stack={report['stack']}, {report['nodes']} nodes, {report['targets']} "
+              f"targets, {report['luns']} LUNs; {report['total_io_completed']} I/Os verified, "
+              f"{report['prober_attempts']} unauthenticated login attempts")
+        print(table(report))
+        print(f"\n{out / 'report.json'}\n{out / 'timeline.png'}", flush=True)
+
+
 def main() -> int:
     settings = Settings()
     progress = Progress()
@@ -111,8 +233,8 @@ def main() -> int:
     # The shared "disk" of every node, standing in for DRBD or a SAN; a tmp
     # directory on the host's file system that all node namespaces see.
     backing = Path(tempfile.mkdtemp(prefix="tgthalab-disks-"))
-    initiators: list[LunInitiator] = []
-    prober = None
+    run = Run(settings, progress)
+    reportable = False
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         node_names = [n.name for n in cluster.nodes]
@@ -127,109 +249,65 @@ def main() -> int:
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
         topology = Topology(settings.stack, node_names, targets, password)
+        planned = len(settings.scenarios) * settings.failovers
         progress(f"stack={settings.stack} config={settings.config_tool}: {settings.nodes} nodes, "
                  f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "
-                 f"of {', '.join(settings.scenarios)}")
+                 f"of {', '.join(settings.scenarios)} (at most {planned * failover_bound_s(settings) / 60:.0f} "
+                 "min for the failovers)")
         cluster.up()
         progress(f"cluster up: {', '.join(node_names)} online, fencing by fence_tgthalab")
         configure(cluster, topology, settings.config_tool, run_dir)
-        lab = Lab(cluster, topology, initiators, settings.settle_timeout_s)
-        lab_settled = wait_for(lambda: lab.all_active() and cluster.settled(),
-                               settings.settle_timeout_s, interval=1)
-        start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
-                          for f in lab.new_failures()]
+        lab = Lab(cluster, topology, run.initiators, settings.settle_timeout_s, settings.inject)
+        run.all_started = wait_for(lambda: lab.all_active() and cluster.settled(),
+                                   settings.settle_timeout_s, interval=1)
+        run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
+                              for f in lab.new_failures()]
         active = cluster.resources()
-        not_started = [r for r in topology.resource_ids() if not active.get(r)]
+        run.not_started = [r for r in topology.resource_ids() if not active.get(r)]
         progress(f"configured with {settings.config_tool}: "
-                 + ("every resource started" if lab_settled else "NOT every resource started")
-                 + (f"; failed actions: {start_failures}" if start_failures else ""))
+                 + ("every resource started" if run.all_started else "NOT every resource started")
+                 + (f"; failed actions: {run.start_failures}" if run.start_failures else ""))
 
         secret_file = run_dir / "chap.secret"
         secret_file.write_text(password)
         secret_file.chmod(0o600)
         luns = [Lun(t.name, t.iqn, t.vip, n) for t in targets for n in t.lun_numbers()]
-        initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
-                       for seed, lun in enumerate(luns)]
-        load_start = time.monotonic()
-        for initiator in initiators:
+        run.initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
+                           for seed, lun in enumerate(luns)]
+        run.load_start = time.monotonic()
+        for initiator in run.initiators:
             initiator.start()
-        prober = UnauthenticatedProber([(t.vip, t.iqn) for t in targets], cluster.client)
-        prober.start()
-        lab.prober = prober
-        wait_for(lambda: all(i.log.completions for i in initiators), 60)
+        run.prober = UnauthenticatedProber([(t.vip, t.iqn) for t in targets], cluster.client)
+        run.prober.start()
+        lab.prober = run.prober
+        reportable = True
+        wait_for(lambda: all(i.log.completions for i in run.initiators), 60)
         time.sleep(3)
-        idle = [i.lun.name for i in initiators if not i.log.completions]
-        progress(f"load running on {len(initiators)} LUNs from {CLIENT_IP} (qemu-io, libiscsi, CHAP)"
-                 + (f"; NO I/O on {idle}" if idle else ""))
+        run.idle = [i.lun.name for i in run.initiators if not i.log.completions]
+        progress(f"load running on {len(run.initiators)} LUNs from {CLIENT_IP} (qemu-io, libiscsi, CHAP)"
+                 + (f"; NO I/O on {run.idle}" if run.idle else ""))
 
-        results: dict[str, list] = {}
-        serving = len(idle) < len(initiators)
-        if not serving:
+        run.serving = len(run.idle) < len(run.initiators)
+        if not run.serving:
             progress("no initiator completed a single I/O: nothing to fail over")
-        for scenario in settings.scenarios if serving else []:
-            for number in range(1, settings.failovers + 1):
-                record = SCENARIOS[scenario](lab, number)
-                results.setdefault(scenario, []).append(record)
-                worst = max(record.pauses.values(), default=0.0)
-                progress(f"{scenario} {number}/{settings.failovers}: {record.action}: "
-                         + (f"settled in {record.settled_s:.1f}s" if record.settled_s is not None
-                            else f"NOT settled in {settings.settle_timeout_s:.0f}s")
-                         + f", worst pause {worst:.2f}s, errors {record.io_errors}, mismatches "
-                         f"{record.mismatches}, unauth {record.unauth_logins}"
-                         + (f", failed actions {record.failed_actions}" if record.failed_actions else "")
-                         + (f", stalled {record.stalled}" if record.stalled else ""))
-
-        scenarios = [summarize(name, records) for name, records in results.items()]
-        pauses = [s["pause_max_s"] for s in scenarios if s["pause_max_s"] is not None]
-        report = {
-            "stack": settings.stack,
-            "config_tool": settings.config_tool,
-            "nodes": settings.nodes,
-            "targets": settings.targets,
-            "luns": settings.targets * settings.luns,
-            "backing_store": "files on the host's file system seen by every node (standing in for DRBD or a SAN)",
-            "initiator": "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB",
-            "start_failed_actions": start_failures,
-            "serving": serving,
-            "resources_not_started_at_start": not_started,
-            "luns_without_io_at_start": idle,
-            "firewall_rules_left": firewall_rules(cluster),
-            "all_started": lab_settled,
-            "prober_attempts": len(prober.attempts),
-            "unauth_logins_total": len(prober.successes),
-            "total_io_completed": sum(len(i.log.completions) for i in initiators),
-            "total_io_errors": sum(len(i.log.errors) for i in initiators),
-            "total_mismatches": sum(len(i.log.mismatches) for i in initiators),
-            "total_retried_unit_attentions": sum(len(i.log.retried) for i in initiators),
-            "first_errors": [f"{i.lun.name}: {text}" for i in initiators for _, text in i.log.errors[:3]][:20],
-            "first_mismatches": [f"{i.lun.name}: {text}" for i in initiators
-                                 for _, text in i.log.mismatches[:3]][:20],
-            "worst_pause_s": max(pauses) if pauses else None,
-            "fence_log": cluster.fence_log,
-            "scenarios": scenarios,
-        }
-        for initiator in initiators:
-            initiator.stop()
-        prober.stop()
-        write_json(report, settings.out / "report.json")
-        write_timeline(settings.out / "timeline.png", load_start, initiators,
-                       [r for records in results.values() for r in records])
-        print()
-        print(f"tgtha lab report: stack={settings.stack}, {settings.nodes} nodes, {settings.targets} targets, "
-              f"{report['luns']} LUNs; {report['total_io_completed']} I/Os verified, "
-              f"{report['prober_attempts']} unauthenticated login attempts")
-        print(table(report))
-        print(f"\n{settings.out / 'report.json'}\n{settings.out / 'timeline.png'}")
+        for scenario in settings.scenarios if run.serving else []:
+            run.scenario(lab, scenario)
+        run.write_report(cluster, interrupted=False)
         return 0
     except KeyboardInterrupt:
-        progress("interrupted: tearing down")
+        progress("interrupted: reporting what completed, then tearing down")
+        if reportable:
+            try:
+                run.write_report(cluster, interrupted=True)
+            except Exception as err:  # noqa: BLE001 - the teardown below must still happen
+                progress(f"could not write the report: {err}")
         return 130
     finally:
         try:
-            for initiator in initiators:
+            for initiator in run.initiators:
                 initiator.stop()
-            if prober is not None:
-                prober.stop()
+            if run.prober is not None:
+                run.prober.stop()
             cluster.down()
         finally:
             shutil.rmtree(backing, ignore_errors=True)

@@ -20,6 +20,7 @@ def percentile(values: list[float], p: float) -> float | None:
 
 def summarize(name: str, failovers: list[Failover]) -> dict:
     pauses = [p for f in failovers for p in f.pauses.values()]
+    cluster = [f.cluster["cluster_s"] for f in failovers if f.cluster.get("cluster_s") is not None]
     return {
         "name": name,
         "failovers": len(failovers),
@@ -27,6 +28,8 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "pause_p50_s": _round(percentile(pauses, 50)),
         "pause_p99_s": _round(percentile(pauses, 99)),
         "pause_max_s": _round(max(pauses) if pauses else None),
+        "cluster_p50_s": _round(percentile(cluster, 50)),
+        "cluster_max_s": _round(max(cluster) if cluster else None),
         "io_errors": sum(f.io_errors for f in failovers),
         "mismatches": sum(f.mismatches for f in failovers),
         "retried_unit_attentions": sum(f.retried_unit_attentions for f in failovers),
@@ -37,7 +40,10 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "details": [{
             "action": f.action,
             "settled_s": _round(f.settled_s),
+            "cluster_s": f.cluster.get("cluster_s"),
+            "cluster": f.cluster,
             "pauses_s": {k: _round(v) for k, v in f.pauses.items()},
+            "unsettled": f.unsettled,
             "stalled": f.stalled,
             "io_errors": f.io_errors,
             "mismatches": f.mismatches,
@@ -54,13 +60,13 @@ def _round(value: float | None) -> float | None:
 
 
 def table(report: dict) -> str:
-    header = ("scenario", "n", "settled", "pause p50", "p99", "max", "I/O err", "mismatch",
-              "unauth", "failed act", "stalled")
+    header = ("scenario", "n", "settled", "pause p50", "p99", "max", "cluster p50", "max", "I/O err",
+              "mismatch", "unauth", "failed act", "stalled")
     rows = [header]
     for s in report["scenarios"]:
         rows.append((s["name"], s["failovers"], s["settled"], _s(s["pause_p50_s"]), _s(s["pause_p99_s"]),
-                     _s(s["pause_max_s"]), s["io_errors"], s["mismatches"], s["unauth_logins"],
-                     s["failed_actions"], s["stalled_initiators"]))
+                     _s(s["pause_max_s"]), _s(s["cluster_p50_s"]), _s(s["cluster_max_s"]), s["io_errors"],
+                     s["mismatches"], s["unauth_logins"], s["failed_actions"], s["stalled_initiators"]))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
              for r in rows]
@@ -69,8 +75,15 @@ def table(report: dict) -> str:
         lines.append("(no scenario ran: no initiator completed a single I/O; "
                      f"{len(report['resources_not_started_at_start'])} resources never started, "
                      f"port 3260 block rules left per node: {report['firewall_rules_left']})")
+    for s in report["scenarios"]:
+        if s.get("ended_early"):
+            lines.append(f"{s['name']}: ended early: {s['ended_early']}")
+    if report.get("interrupted"):
+        lines.append("(interrupted: only what completed is shown)")
     worst = report["worst_pause_s"]
     lines.append("")
+    lines.append("cluster: first stop (or detection) to last unblock, from the Pacemaker logs; "
+                 "pause: per initiator, the longest time without a completed I/O")
     lines.append(f"worst pause {_s(worst)} against the initiators' {REPLACEMENT_TIMEOUT_S:.0f} s "
                  f"replacement_timeout budget: "
                  + ("n/a" if worst is None else f"{worst / REPLACEMENT_TIMEOUT_S:.1%} of it"))

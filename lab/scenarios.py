@@ -14,9 +14,11 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cluster import Cluster, wait_for
 from initiators import LunInitiator, UnauthenticatedProber
+from timeline import cluster_side, read_events
 from topology import Topology
 
 RESUME_TIMEOUT_S = 60.0
@@ -37,19 +39,23 @@ class Failover:
     unauth_logins: int = 0
     failed_actions: list[str] = field(default_factory=list)
     injected_failures: list[str] = field(default_factory=list)
+    started_wall: float = 0.0                   # epoch, to read the Pacemaker logs against
+    cluster: dict = field(default_factory=dict)  # timeline.cluster_side()
+    unsettled: dict | None = None               # what the cluster looked like, and the recovery
 
 
 class Lab:
     """The running cluster, topology, initiators and prober the scenarios act on."""
 
     def __init__(self, cluster: Cluster, topology: Topology, initiators: list[LunInitiator],
-                 settle_timeout_s: float) -> None:
+                 settle_timeout_s: float, inject: set[tuple[str, int]] | None = None) -> None:
         self.cluster = cluster
         self.topology = topology
         self.initiators = initiators
         self.prober: UnauthenticatedProber | None = None
         self.settle_timeout_s = settle_timeout_s
         self.seen_failures: set[tuple[str, ...]] = set()
+        self.inject = inject or set()           # (scenario, number): a start that fails, on purpose
 
     def new_failures(self) -> list[dict[str, str]]:
         """Failed operations recorded since the last call. Failures are not
@@ -96,13 +102,14 @@ class Lab:
     # ------------------------------------------------------------ one failover
 
     def failover(self, scenario: str, number: int, action: str, do, affected_groups: list[str],
-                 ready_extra=lambda: True, injected=lambda f: False) -> Failover:
+                 ready_extra=lambda: True, injected=lambda f: False, victim: str | None = None) -> Failover:
         affected = self.initiators_of(affected_groups)
         errors_before = sum(len(i.log.errors) for i in affected)
         retries_before = sum(len(i.log.retried) for i in self.initiators)
         mismatches_before = sum(len(i.log.mismatches) for i in self.initiators)
         logins_before = len(self.prober.successes)
-        record = Failover(scenario, number, action, time.monotonic())
+        record = Failover(scenario, number, action, time.monotonic(), started_wall=time.time())
+        hidden = self._break_a_start(affected_groups) if (scenario, number) in self.inject else None
         do()
         time.sleep(1)
 
@@ -110,8 +117,15 @@ class Lab:
             return (not self.cluster.booting() and ready_extra() and self.all_active()
                     and self.cluster.settled())
 
+        failures: list[dict[str, str]] = []
         if wait_for(ready, self.settle_timeout_s, interval=0.5):
             record.settled_s = time.monotonic() - record.started
+        else:
+            record.unsettled = self.capture_state(record)
+            failures += self.new_failures()     # the recovery's cleanup erases them
+            record.unsettled["recovered"] = self.recover(hidden)
+        if hidden is not None and record.settled_s is not None:
+            self._restore(hidden)
         # Resumed: an I/O completed after the cluster settled (one merely in
         # flight when the failover began does not count).
         settled_at = time.monotonic()
@@ -125,10 +139,78 @@ class Lab:
         record.retried_unit_attentions = sum(len(i.log.retried) for i in self.initiators) - retries_before
         record.mismatches = sum(len(i.log.mismatches) for i in self.initiators) - mismatches_before
         record.unauth_logins = len(self.prober.successes) - logins_before
-        for failure in self.new_failures():
+        for failure in failures + self.new_failures():
             text = f"{failure.get('op_key')} on {failure.get('node')}: {failure.get('exitreason') or failure.get('status')}"
-            (record.injected_failures if injected(failure) else record.failed_actions).append(text)
+            (record.injected_failures if injected(failure) or hidden is not None
+             else record.failed_actions).append(text)
+        targets = [t for t in self.topology.targets if t.group in affected_groups]
+        members = {p.id for t in targets for p in self.topology.group_members(t)}
+        record.cluster = cluster_side(read_events(self.cluster.pacemaker_logs(), record.started_wall),
+                                      record.started_wall, members,
+                                      {f"p_unblock_{t.name}" for t in targets}, victim)
         return record
+
+    # ------------------------------------------------------------ when a failover does not settle
+
+    def capture_state(self, record: Failover) -> dict:
+        """What the cluster looks like now: kept in the run directory and the report."""
+        run_dir = self.cluster.run_dir
+        name = f"unsettled-{record.scenario}-{record.number}"
+        status = self.cluster.crm_mon_text()
+        (run_dir / f"{name}.crm_mon.xml").write_text(status)
+        failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
+                    for f in self.cluster.failures()]
+        tails = {}
+        for node, log in zip(self.cluster.nodes, self.cluster.pacemaker_logs()):
+            try:
+                lines = log.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            tails[node.name] = [line for line in lines if "pacemaker-execd" in line
+                                or "error" in line.lower() or "warning" in line.lower()][-25:]
+        (run_dir / f"{name}.log-tails.txt").write_text(
+            "".join(f"== {node}\n" + "\n".join(lines) + "\n" for node, lines in tails.items()))
+        return {"crm_mon": f"{name}.crm_mon.xml", "failed_actions": failures,
+                "log_tails": f"{name}.log-tails.txt",
+                "groups_not_placed": [g for g, n in self.group_nodes().items() if n is None]}
+
+    def recover(self, hidden: tuple[Path, Path] | None) -> bool:
+        """Bring the cluster back to a known state: every node online, no leftover
+        constraint or failure, everything started. True if it got there."""
+        if hidden is not None:
+            self._restore(hidden)
+        for node in self.cluster.nodes:
+            if not node.powered and not self.cluster.booting():
+                try:
+                    node.boot_cluster_stack()
+                except RuntimeError:
+                    pass
+        try:
+            anchor = self.cluster.any_node()
+        except RuntimeError:
+            return False
+        for node in self.cluster.nodes:
+            anchor.run("crm_attribute", "-t", "nodes", "-N", node.name, "-n", "standby", "-v", "off",
+                       check=False)
+        for target in self.topology.targets:
+            anchor.run("crm_resource", "--clear", "-r", target.group, check=False)
+        anchor.run("crm_resource", "--cleanup", check=False)
+        return wait_for(lambda: not self.cluster.booting() and self.all_active() and self.cluster.settled(),
+                        self.settle_timeout_s, interval=1)
+
+    def _break_a_start(self, groups: list[str]) -> tuple[Path, Path]:
+        """Injected failure: the first LUN of the first affected group loses its
+        backing file, so its start fails on every node until it is put back."""
+        target = next(t for t in self.topology.targets if t.group in groups)
+        path = target.lun_paths[0]
+        hidden = path.with_name(path.name + ".hidden")
+        path.rename(hidden)
+        return hidden, path
+
+    @staticmethod
+    def _restore(hidden: tuple[Path, Path]) -> None:
+        if hidden[0].exists():
+            hidden[0].rename(hidden[1])
 
 
 def longest_gap(completions: list[float], start: float, end: float) -> float:
@@ -155,7 +237,8 @@ def move_one_group(lab: Lab, number: int) -> Failover:
         node.run("crm_resource", "--move", "-r", target.group, "-N", destination, check=False)
 
     record = lab.failover("move", number, f"move {target.group} {source} -> {destination}", do,
-                          [target.group], ready_extra=lambda: lab.group_nodes()[target.group] == destination)
+                          [target.group], ready_extra=lambda: lab.group_nodes()[target.group] == destination,
+                          victim=source)
     node.run("crm_resource", "--clear", "-r", target.group, check=False)
     return record
 
@@ -174,7 +257,7 @@ def standby_node(lab: Lab, number: int) -> Failover:
         node.run("crm_attribute", "-t", "nodes", "-N", victim, "-n", "standby", "-v", "on", check=False)
 
     record = lab.failover("standby", number, f"standby {victim} ({len(groups)} groups)", do, groups,
-                          ready_extra=lambda: victim not in lab.group_nodes().values())
+                          ready_extra=lambda: victim not in lab.group_nodes().values(), victim=victim)
     node.run("crm_attribute", "-t", "nodes", "-N", victim, "-n", "standby", "-v", "off", check=False)
     wait_for(lambda: victim in lab.online() and lab.cluster.settled(), 60, interval=0.5)
     return record
@@ -190,7 +273,8 @@ def power_off_node(lab: Lab, number: int) -> Failover:
         return fenced and lab.cluster.node(victim).powered and victim in lab.online()
 
     record = lab.failover("power-off", number, f"power off {victim} ({len(groups)} groups)",
-                          lab.cluster.node(victim).power_off, groups, ready_extra=fenced_and_back)
+                          lab.cluster.node(victim).power_off, groups, ready_extra=fenced_and_back,
+                          victim=victim)
     return record
 
 
@@ -208,7 +292,7 @@ def kill_tgtd(lab: Lab, number: int) -> Failover:
         return failure.get("node") == victim and "_monitor_" in failure.get("op_key", "")
 
     return lab.failover("kill-tgtd", number, f"kill -9 tgtd on {victim} ({len(groups)} groups)", do,
-                        groups, injected=injected)
+                        groups, injected=injected, victim=victim)
 
 
 SCENARIOS = {

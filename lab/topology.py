@@ -66,9 +66,16 @@ class Topology:
     # ------------------------------------------------------------ the model
 
     def clones(self) -> list[tuple[str, Primitive]]:
-        clones = [("cl_tgtd", Primitive("p_tgtd", "lsb:tgt", {},
-                                        {"monitor": "interval=2s timeout=20s", "start": "timeout=30s",
-                                         "stop": "timeout=30s"}))]
+        # tgtd is monitored every 2 s so that its own monitor sees a kill before
+        # the targets' monitors do (theirs would fail and restart groups on their own).
+        tgtd_ops = {"monitor": "interval=2s timeout=10s", "start": "timeout=20s", "stop": "timeout=20s"}
+        if self.stack == "tgtha":
+            # The node's /var/log/pacemaker is its own (bind-mounted per node).
+            tgtd = Primitive("p_tgtd", "ocf:tgtha:tgtd", {"log_file": "/var/log/pacemaker/tgtd.log"}, tgtd_ops)
+        else:
+            tgtd = Primitive("p_tgtd", "lsb:tgt", {}, {**tgtd_ops, "monitor": "interval=2s timeout=20s",
+                                                       "start": "timeout=30s", "stop": "timeout=30s"})
+        clones = [("cl_tgtd", tgtd)]
         if self.stack == "tgtha":
             clones.append(("cl_chap", Primitive("p_chap", "ocf:tgtha:tgtuser",
                                                 {"username": CHAP_USER, "password": self.chap_password})))

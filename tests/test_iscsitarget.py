@@ -445,3 +445,20 @@ def test_the_password_never_reaches_a_command_line_a_log_or_a_trace(iscsi_lab, r
     outputs = "".join(run.stdout + run.stderr for run in lab.agent_runs)
     assert secret not in outputs
     assert secret not in Path(lab.tgtd.log.name).read_text()
+
+
+def test_a_recurring_monitor_gives_tgtds_own_monitor_time_to_see_it_dead_first(iscsi_lab):
+    """Without tgtd, a probe answers at once, but a recurring monitor of a resource
+    above tgtd waits a few seconds: tgtd's own (shorter) monitor must report first,
+    so that Pacemaker recovers tgtd with everything above it instead of restarting
+    the account or target alone on a dead tgtd (a start that fails bans it from the node)."""
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    lab.tgtd.stop()
+    for agent, params in (("tgtuser", account()), ("iSCSITarget", {"iqn": iqn(1)})):
+        began = time.monotonic()
+        assert lab.agent(agent, "monitor", params, meta={"interval": "0"}).rc == 7
+        assert time.monotonic() - began < 2.0
+        began = time.monotonic()
+        assert lab.agent(agent, "monitor", params, meta={"interval": "10000"}).rc == 7
+        assert time.monotonic() - began >= 4.5

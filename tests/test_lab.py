@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -25,17 +26,25 @@ pytestmark = [needs_root, pytest.mark.skipif(
 PREFIX = "tgthalabt"
 
 
-def run_lab(tmp_path, **knobs: str) -> dict:
+def lab_env(tmp_path, **knobs: str) -> dict[str, str]:
     subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
-    out = tmp_path / "lab-out"
-    env = {**os.environ, "LAB_OUT": str(out), "LAB_PREFIX": PREFIX, "LAB_NODES": "2", **knobs}
+    return {**os.environ, "LAB_OUT": str(tmp_path / "lab-out"), "LAB_PREFIX": PREFIX, "LAB_NODES": "2", **knobs}
+
+
+def run_lab(tmp_path, **knobs: str) -> dict:
+    env = lab_env(tmp_path, **knobs)
     result = subprocess.run(["/usr/bin/python3", str(REPO / "lab" / "lab.py")], env=env,
                             capture_output=True, text=True, timeout=1500)
     sys.stdout.write(result.stdout[-6000:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_nothing_left_behind()
+    out = tmp_path / "lab-out"
     report = json.loads((out / "report.json").read_text())
     assert (out / "timeline.png").stat().st_size > 10_000
+    if knobs.get("LAB_CONFIG") == "pcs":
+        assert 'type="tgtd"' in (out / "run" / "cluster-pcs.xml").read_text()
+    else:
+        assert "ocf:tgtha:tgtd" in (out / "run" / "cluster.crm").read_text()
     return report
 
 
@@ -77,6 +86,10 @@ def test_every_failover_is_a_pause_never_an_error(tmp_path, report):
     assert any("reboot" in line or "off" in line for line in lab["fence_log"])
     assert pauses["kill-tgtd"]["injected_failures"] >= 2
     for s in lab["scenarios"]:
+        for failover in s["details"]:
+            # The cluster side, read from Pacemaker's logs, is there and inside the pause.
+            assert failover["cluster_s"] is not None and 0 < failover["cluster_s"] < 30, failover
+    for s in lab["scenarios"]:
         report(f"lab (crmsh, 2 targets, 4 LUNs) {s['name']}: pause p50 {s['pause_p50_s']}s "
                f"max {s['pause_max_s']}s, errors {s['io_errors']}, mismatches {s['mismatches']}")
 
@@ -87,3 +100,40 @@ def test_the_same_topology_configured_with_pcs(tmp_path, report):
     assert lab["config_tool"] == "pcs" and lab["all_started"] and not lab["start_failed_actions"]
     assert_no_failover_hurt_an_initiator(lab)
     report(f"lab (pcs) move: pause max {lab['scenarios'][0]['pause_max_s']}s")
+
+
+def test_an_unsettled_failover_is_recorded_and_recovered_and_an_interrupted_run_still_reports(tmp_path):
+    """A failover whose LUN start fails on every node (injected) does not stall the lab:
+    its state is kept, the cluster is brought back, the next failover settles. Then
+    SIGTERM mid-run: the report of what completed is written, marked interrupted,
+    and everything is torn down."""
+    env = lab_env(tmp_path, LAB_TARGETS="2", LAB_LUNS="1", LAB_FAILOVERS="4", LAB_SCENARIOS="move",
+                  LAB_INJECT="move:1", LAB_SETTLE_TIMEOUT="30")
+    lab = subprocess.Popen(["/usr/bin/python3", str(REPO / "lab" / "lab.py")], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in lab.stdout:
+            output.append(line)
+            if line.split("]", 1)[-1].strip().startswith("move 2/4"):
+                lab.send_signal(signal.SIGTERM)
+                break
+        output += lab.stdout.readlines()
+        assert lab.wait(timeout=300) == 130, "".join(output)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait()
+    sys.stdout.write("".join(output)[-4000:])
+    assert_nothing_left_behind()
+    out = tmp_path / "lab-out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True
+    [move] = report["scenarios"]
+    first, second = move["details"][:2]
+    assert first["settled_s"] is None and first["unsettled"]["recovered"] is True, first
+    assert any("does not exist" in text for text in first["injected_failures"]), first
+    assert (out / "run" / first["unsettled"]["crm_mon"]).read_text().startswith("<")
+    assert second["settled_s"] is not None and second["failed_actions"] == [], second
+    assert move["io_errors"] == 0 and move["mismatches"] == 0 and move["failed_actions"] == 0
+    assert (out / "timeline.png").stat().st_size > 10_000

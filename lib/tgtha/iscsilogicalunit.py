@@ -194,7 +194,7 @@ class ISCSILogicalUnit(TgtAgent):
     def monitor(self) -> int:
         target_iqn, lun = self.target_iqn, self.lun
         try:
-            target = self.tgtd.target_by_iqn(target_iqn)
+            target = self.tgtd_for_monitor().target_by_iqn(target_iqn)
         except TgtdUnreachable:
             return ocf.NOT_RUNNING
         if target is None or lun not in target.luns:

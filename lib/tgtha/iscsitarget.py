@@ -135,7 +135,7 @@ class ISCSITarget(TgtAgent):
     def monitor(self) -> int:
         iqn = self.iqn
         try:
-            target = self.tgtd.target_by_iqn(iqn)
+            target = self.tgtd_for_monitor().target_by_iqn(iqn)
         except TgtdUnreachable:
             return ocf.NOT_RUNNING  # no tgtd, no target
         if target is None:

@@ -7,6 +7,12 @@ from .ocf_runtime import ERR_CONFIGURED, ERR_INSTALLED, OCFError
 from .tgtd import TgtdControl
 
 TGTD_STARTUP_WAIT_S = 10.0
+# A recurring monitor that finds no tgtd gives tgtd's own monitor this long to
+# notice first. Otherwise Pacemaker restarts the monitored resource alone, on a
+# dead tgtd: its start fails, which bans it from the node (seen in the lab with
+# a 10 s account monitor beating a 2 s tgtd monitor). Recovering tgtd restarts
+# everything above it anyway. Keep tgtd's monitor interval below this.
+TGTD_RECOVERY_GRACE_S = 5.0
 
 
 def require_tgtd() -> None:
@@ -33,6 +39,13 @@ class TgtAgent(ocf.Agent):
         """tgtd, given a few seconds to finish starting (a start is ordered right after tgtd's)."""
         ctl = self.tgtd
         ctl.wait_until_listening(TGTD_STARTUP_WAIT_S)
+        return ctl
+
+    def tgtd_for_monitor(self) -> TgtdControl:
+        """tgtd; in a recurring monitor, waited for a little if it is not there (see above)."""
+        ctl = self.tgtd
+        if not self.is_probe:
+            ctl.wait_until_listening(TGTD_RECOVERY_GRACE_S)
         return ctl
 
     def require_tgt_implementation(self) -> None:

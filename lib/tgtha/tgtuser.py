@@ -47,7 +47,7 @@ class Tgtuser(TgtAgent):
     def monitor(self) -> int:
         user = self.username
         try:
-            present = user in self.tgtd.accounts()
+            present = user in self.tgtd_for_monitor().accounts()
         except TgtdUnreachable as err:
             if self.is_probe:
                 return ocf.NOT_RUNNING

@@ -1,0 +1,92 @@
+"""The cluster side of a failover, read from the nodes' Pacemaker logs.
+
+pacemaker-controld logs every executed operation's result ("Result of stop
+operation for p_block_t1 on node1: ok"), and a lost node ("Node node1 state is
+now lost"), with millisecond timestamps. From those, per failover: when the
+cluster noticed (detection: the first failed monitor, or the node lost), the
+first stop of an affected resource on the old node, and the last unblock on the
+new one. ``cluster_s`` is first stop (or detection) to last unblock: the time
+the agents and Pacemaker took, apart from what the initiators add.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_STAMP = re.compile(r"^(\w{3} \d{1,2} \d\d:\d\d:\d\d)(\.\d+)? ")
+_RESULT = re.compile(r"Result of (\w+) operation for (\S+) on (\S+): (.+?)(?: \||$)")
+_LOST = re.compile(r"Node (\S+) state is now lost")
+
+
+@dataclass
+class Event:
+    at: float            # epoch seconds
+    kind: str            # start, stop, monitor, ..., or "lost"
+    resource: str
+    node: str
+    result: str
+
+    @property
+    def ok(self) -> bool:
+        return self.result.startswith("ok")
+
+
+def _epoch(stamp: str, fraction: str | None) -> float:
+    year = time.localtime().tm_year
+    seconds = time.mktime(time.strptime(f"{year} {stamp}", "%Y %b %d %H:%M:%S"))
+    return seconds + (float(fraction) if fraction else 0.0)
+
+
+def read_events(logs: list[Path], since: float) -> list[Event]:
+    """Operation results and node losses logged at or after ``since`` (epoch), in time order."""
+    events = []
+    for log in logs:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if "pacemaker-controld" not in line:
+                continue
+            stamp = _STAMP.match(line)
+            if not stamp:
+                continue
+            at = _epoch(stamp.group(1), stamp.group(2))
+            if at < since - 0.001:
+                continue
+            if (result := _RESULT.search(line)):
+                events.append(Event(at, *result.groups()))
+            elif (lost := _LOST.search(line)):
+                events.append(Event(at, "lost", "", lost.group(1), ""))
+    events.sort(key=lambda e: e.at)
+    # Each node logs the results it learns of, so the same event can appear twice.
+    unique, seen = [], set()
+    for event in events:
+        key = (round(event.at, 1), event.kind, event.resource, event.node, event.result)
+        if key not in seen:
+            seen.add(key)
+            unique.append(event)
+    return unique
+
+
+def cluster_side(events: list[Event], started: float, members: set[str], unblocks: set[str],
+                 victim: str | None) -> dict[str, float | None]:
+    """Seconds from the failover's start (epoch ``started``) to each cluster milestone."""
+    def offset(event: Event | None) -> float | None:
+        return None if event is None else round(event.at - started, 3)
+
+    detection = next((e for e in events if e.node == victim
+                      and (e.kind == "lost" or (e.kind == "monitor" and not e.ok))), None)
+    first_stop = next((e for e in events if e.kind == "stop" and e.resource in members), None)
+    unblocked = {e.resource: e for e in events if e.kind == "start" and e.resource in unblocks and e.ok}
+    last_unblock = max(unblocked.values(), key=lambda e: e.at) if len(unblocked) == len(unblocks) else None
+    begin = min((e for e in (first_stop, detection) if e is not None), key=lambda e: e.at, default=None)
+    return {
+        "detection_s": offset(detection),
+        "first_stop_s": offset(first_stop),
+        "last_unblock_s": offset(last_unblock),
+        "cluster_s": None if last_unblock is None or begin is None
+        else round(last_unblock.at - begin.at, 3),
+    }
