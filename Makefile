@@ -47,6 +47,6 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # make lab STACK=stock LAB_TARGETS=2 ... : the lab's knobs (lab/lab.py) pass through.
-export STACK LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT
+export STACK LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT LAB_DISKS
 lab: install
 	$(PYTHON) lab/lab.py

@@ -46,6 +46,7 @@ class Node:
         self.name = f"node{index}"
         self.netns = f"{cluster.prefix}-n{index}"
         self.ip = f"{SUBNET}.{10 + index}"
+        self.switch_port = f"v{index}"
         self.dir = cluster.run_dir / self.name
         self.pid1: int | None = None
         self._boot: subprocess.Popen | None = None
@@ -76,7 +77,8 @@ class Node:
 
     def power_off(self) -> None:
         """Hard power-off: SIGKILL to PID 1 takes every process of the node with it."""
-        if self.powered:
+        was_on = self.powered
+        if was_on:
             os.kill(self.pid1, signal.SIGKILL)
         if self._boot is not None:
             try:
@@ -87,6 +89,17 @@ class Node:
         wait_for(lambda: not run(["ip", "netns", "pids", self.netns], check=False).stdout.strip(), 10)
         self.pid1 = None
         self.cluster.set_power(self.name, "off")
+        if was_on and not self.cluster.tearing_down:
+            self.reset_network()
+
+    def reset_network(self) -> None:
+        """What a real power-off loses: addresses (the VIPs the node held) and
+        firewall rules. Without this the rebooted node's probes find the VIPs
+        still up there, Pacemaker sees them active on two nodes and restarts
+        every group a second time."""
+        run(["ip", "netns", "del", self.netns], check=False)
+        run(["ip", "-n", self.cluster.switch, "link", "del", self.switch_port], check=False)
+        self.cluster.plug(self.netns, self.switch_port, self.ip)
 
     def boot_cluster_stack(self) -> None:
         """Power on, then corosync and pacemaker, as a node's boot would."""
@@ -161,6 +174,7 @@ class Cluster:
         self._switch_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._booting: set[str] = set()
+        self.tearing_down = False
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -188,16 +202,19 @@ class Cluster:
         run(["ip", "-n", self.switch, "link", "set", "lo", "up"])
         run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
-        members = [(node.netns, f"v{node.index}", node.ip) for node in self.nodes]
-        members.append((self.client, "vc", CLIENT_IP))
-        for netns, port, ip in members:
-            run(["ip", "netns", "add", netns])
-            run(["ip", "-n", netns, "link", "set", "lo", "up"])
-            run(["ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                 "netns", netns])
-            run(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
-            run(["ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", "eth0"])
-            run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        for node in self.nodes:
+            self.plug(node.netns, node.switch_port, node.ip)
+        self.plug(self.client, "vc", CLIENT_IP)
+
+    def plug(self, netns: str, port: str, ip: str) -> None:
+        """A host on the switch: a fresh network namespace, its eth0 in switch port ``port``."""
+        run(["ip", "netns", "add", netns])
+        run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        run(["ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+             "netns", netns])
+        run(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
+        run(["ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", "eth0"])
+        run(["ip", "-n", netns, "link", "set", "eth0", "up"])
 
     def _configuration(self) -> None:
         nodelist = "".join(
@@ -362,6 +379,7 @@ class Cluster:
 
     def down(self) -> None:
         """Everything the lab made goes: nodes (and all their processes), namespaces."""
+        self.tearing_down = True
         self._stopping.set()
         if self._switch_thread is not None:
             self._switch_thread.join(timeout=5)

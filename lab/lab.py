@@ -6,6 +6,7 @@ Knobs (environment): LAB_NODES=2 LAB_TARGETS=6 LAB_LUNS=2 LAB_FAILOVERS=10
 LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
 LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=30 LAB_SETTLE_TIMEOUT=120
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
+LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from cluster import CLIENT_IP, Cluster, wait_for
+from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
 from report import summarize, table, write_json, write_timeline
 from scenarios import RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
@@ -44,12 +45,13 @@ class Settings:
         self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "30") / 1000
         self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
+        self.disks = env.get("LAB_DISKS") or "tmpfs"
         # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS]
-        if problems or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
+        if problems or self.disks not in ("tmpfs", "host") or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
@@ -119,6 +121,7 @@ class Run:
         self.all_started = False
         self.serving = False
         self.load_start = time.monotonic()
+        self.backing_store = ""
         self.failovers_done = 0
         self.failover_seconds = 0.0
 
@@ -174,7 +177,7 @@ class Run:
             "nodes": settings.nodes,
             "targets": settings.targets,
             "luns": settings.targets * settings.luns,
-            "backing_store": "files on the host's file system seen by every node (standing in for DRBD or a SAN)",
+            "backing_store": self.backing_store,
             "initiator": "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB",
             "start_failed_actions": self.start_failures,
             "serving": self.serving,
@@ -230,10 +233,9 @@ def main() -> int:
     run_dir = settings.out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     cluster = Cluster(run_dir, settings.nodes, settings.prefix)
-    # The shared "disk" of every node, standing in for DRBD or a SAN; a tmp
-    # directory on the host's file system that all node namespaces see.
-    backing = Path(tempfile.mkdtemp(prefix="tgthalab-disks-"))
+    disks = SharedDisks(settings.prefix, settings.disks, settings.targets * settings.luns * LUN_SIZE)
     run = Run(settings, progress)
+    run.backing_store = disks.describe()
     reportable = False
     signal.signal(signal.SIGTERM, _interrupted)
     try:
@@ -242,10 +244,7 @@ def main() -> int:
         for index in range(1, settings.targets + 1):
             paths = []
             for lun in range(1, settings.luns + 1):
-                path = backing / f"t{index}-lun{lun}.img"
-                with open(path, "wb") as disk:
-                    disk.truncate(LUN_SIZE)
-                paths.append(path)
+                paths.append(disks.file(f"t{index}-lun{lun}.img", LUN_SIZE))
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
         topology = Topology(settings.stack, node_names, targets, password)
@@ -310,7 +309,7 @@ def main() -> int:
                 run.prober.stop()
             cluster.down()
         finally:
-            shutil.rmtree(backing, ignore_errors=True)
+            disks.remove()
         progress("torn down: no namespace, node, rule or initiator left")
 
 
