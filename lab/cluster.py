@@ -161,12 +161,13 @@ class Cluster:
     """Build, operate and tear down the namespace cluster."""
 
     def __init__(self, run_dir: Path, nodes: int = 2, prefix: str = "tgthalab",
-                 token_ms: int = 1000) -> None:
+                 token_ms: int = 1000, reboot_delay_s: float = 15.0) -> None:
         self.run_dir = run_dir
         self.prefix = prefix
         self.switch = f"{prefix}-sw"
         self.client = f"{prefix}-c"
         self.token_ms = token_ms
+        self.reboot_delay_s = reboot_delay_s
         self.sbin_dir = run_dir / "sbin"
         self.fence_dir = run_dir / "fence"
         self.nodes = [Node(self, i) for i in range(1, nodes + 1)]
@@ -296,7 +297,11 @@ class Cluster:
     def _reboot(self, name: str) -> None:
         self._booting.add(name)
         try:
-            time.sleep(1)
+            # A real server takes a minute or more to come back. Back within a
+            # second or two, the node rejoined while the survivor was still
+            # starting its groups: Pacemaker then probed it first and the last
+            # groups waited for that (6 s of a 10 s power-off, measured).
+            self._stopping.wait(self.reboot_delay_s)
             if not self._stopping.is_set():
                 self.node(name).boot_cluster_stack()
         except Exception as err:  # noqa: BLE001 - reported, the lab goes on

@@ -4,9 +4,10 @@ initiator load, failovers, a report. ``make lab`` runs it (as root).
 
 Knobs (environment): LAB_NODES=2 LAB_TARGETS=6 LAB_LUNS=2 LAB_FAILOVERS=10
 LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
-LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=30 LAB_SETTLE_TIMEOUT=120
+LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=100 LAB_SETTLE_TIMEOUT=120
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
+LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
 """
 from __future__ import annotations
 
@@ -40,12 +41,15 @@ class Settings:
         self.config_tool = env.get("LAB_CONFIG") or "crm"
         self.out = Path(env.get("LAB_OUT") or "lab-out").resolve()
         # Think time between an initiator's write+verify rounds. On this one
-        # machine the initiators share two cores with both nodes; at 10 ms they
-        # slow the nodes' own bring-up (standby p99 5.9 s instead of 4.6 s).
-        self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "30") / 1000
+        # machine the initiators share two cores with both nodes, and system
+        # calls are dear here: at 30 ms, tgtd alone took a whole core serving
+        # them and every Pacemaker action slowed (move cluster side p50 2.8 s;
+        # 1.5 s at 100 ms, same machine).
+        self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "100") / 1000
         self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         self.disks = env.get("LAB_DISKS") or "tmpfs"
+        self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
         # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
@@ -232,7 +236,7 @@ def main() -> int:
         raise SystemExit(f"lab: another lab ({settings.prefix}) is running on this machine") from None
     run_dir = settings.out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cluster = Cluster(run_dir, settings.nodes, settings.prefix)
+    cluster = Cluster(run_dir, settings.nodes, settings.prefix, reboot_delay_s=settings.reboot_delay_s)
     disks = SharedDisks(settings.prefix, settings.disks, settings.targets * settings.luns * LUN_SIZE)
     run = Run(settings, progress)
     run.backing_store = disks.describe()

@@ -32,6 +32,11 @@ class Event:
     def ok(self) -> bool:
         return self.result.startswith("ok")
 
+    @property
+    def failed(self) -> bool:
+        """A recurring monitor cancelled before a stop is no failure."""
+        return not self.ok and not self.result.startswith("Cancelled")
+
 
 def _epoch(stamp: str, fraction: str | None) -> float:
     year = time.localtime().tm_year
@@ -78,7 +83,7 @@ def cluster_side(events: list[Event], started: float, members: set[str], unblock
         return None if event is None else round(event.at - started, 3)
 
     detection = next((e for e in events if e.node == victim
-                      and (e.kind == "lost" or (e.kind == "monitor" and not e.ok))), None)
+                      and (e.kind == "lost" or (e.kind == "monitor" and e.failed))), None)
     first_stop = next((e for e in events if e.kind == "stop" and e.resource in members), None)
     unblocked = {e.resource: e for e in events if e.kind == "start" and e.resource in unblocks and e.ok}
     last_unblock = max(unblocked.values(), key=lambda e: e.at) if len(unblocked) == len(unblocks) else None

@@ -19,6 +19,9 @@ from cluster import CLIENT_IP, SUBNET
 
 CHAP_USER = "labinitiators"
 IQN_PREFIX = "iqn.2026-11.org.tgtha.lab"
+# Pacemaker runs at most 2 x cores actions per node at once by default (4 here);
+# six groups of six resources moving at once wait in that queue.
+NODE_ACTION_LIMIT = 8
 OPS = {"monitor": "interval=10s timeout=20s", "start": "timeout=20s", "stop": "timeout=20s"}
 
 
@@ -115,7 +118,7 @@ class Topology:
     # ------------------------------------------------------------ crmsh
 
     def crm_configuration(self) -> str:
-        lines = ["property stonith-enabled=true",
+        lines = [f"property stonith-enabled=true node-action-limit={NODE_ACTION_LIMIT}",
                  "rsc_defaults resource-stickiness=200",
                  f"primitive fence_lab stonith:fence_tgthalab params pcmk_host_list=\"{' '.join(self.nodes)}\""
                  " op monitor interval=30s"]
@@ -140,7 +143,7 @@ class Topology:
 
     def pcs_commands(self) -> list[list[str]]:
         """pcs argument lists (without ``pcs -f FILE``), in order."""
-        commands = [["property", "set", "stonith-enabled=true"],
+        commands = [["property", "set", "stonith-enabled=true", f"node-action-limit={NODE_ACTION_LIMIT}"],
                     ["resource", "defaults", "update", "resource-stickiness=200"],
                     ["stonith", "create", "fence_lab", "fence_tgthalab",
                      f"pcmk_host_list={' '.join(self.nodes)}", "op", "monitor", "interval=30s", "--force"]]

@@ -17,6 +17,9 @@ import pytest
 
 from conftest import REPO, AgentRun, needs_root, run_agent, sh, veth_pair
 
+sys.path.insert(0, str(REPO / "bench"))
+from tgtd_cycles import tgtd_pids  # noqa: E402 - the benchmark's own count of tgtd processes
+
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("tgtd") is None, reason="tgt not installed")]
 
 NODE_IP, CLIENT_IP = "10.83.0.1", "10.83.0.2"
@@ -49,16 +52,7 @@ class Node:
 
     def pids(self) -> list[int]:
         """Every tgtd process on this control port, zombies excluded."""
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if cmdline[0].endswith(b"tgtd") and str(self.port).encode() in cmdline and state != "Z":
-                found.append(int(entry))
-        return found
+        return tgtd_pids(self.port)
 
     def leftovers(self) -> list[str]:
         return [p for p in (f"/var/run/tgtd/socket.{self.port}", f"/var/run/tgtd/socket.{self.port}.lock")
