@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""Several lab runs side by side: median and worst of each scenario's figures, and drift.
+
+    lab/runs.py LAB_OUT_DIR [LAB_OUT_DIR ...]
+
+Reads each run's report.json and prints a Markdown table (the one in README):
+per scenario, over the runs, the median and the worst of pause p50/p99/max and
+of the cluster side, with the error counts summed. "drift" compares the mean
+pause of the first and the last third of each run's failovers: a lab whose
+pauses grow over a run shows a ratio well above 1.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def _cell(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def drift(details: list[dict]) -> float | None:
+    means = [statistics.mean(d["pauses_s"].values()) for d in details if d["pauses_s"]]
+    third = len(means) // 3
+    if third == 0:
+        return None
+    return statistics.mean(means[-third:]) / statistics.mean(means[:third])
+
+
+def main(directories: list[str]) -> int:
+    reports = [json.loads((Path(d) / "report.json").read_text()) for d in directories]
+    names = [s["name"] for s in reports[0]["scenarios"]]
+    print(f"{len(reports)} runs; each cell: median / worst of the runs")
+    print()
+    print("| scenario | failovers settled | pause p50 | pause p99 | pause max | cluster p50 | cluster max "
+          "| drift (last/first third) | I/O errors | mismatches | unauth logins | failed actions |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        runs = [next(s for s in r["scenarios"] if s["name"] == name) for r in reports]
+        drifts = [d for d in (drift(s["details"]) for s in runs) if d is not None]
+        print(f"| {name} | {sum(s['settled'] for s in runs)} of {sum(s['failovers'] for s in runs)} "
+              f"| {_cell([s['pause_p50_s'] for s in runs])} | {_cell([s['pause_p99_s'] for s in runs])} "
+              f"| {_cell([s['pause_max_s'] for s in runs])} | {_cell([s['cluster_p50_s'] for s in runs])} "
+              f"| {_cell([s['cluster_max_s'] for s in runs])} "
+              f"| {_cell(drifts)} "
+              f"| {sum(s['io_errors'] for s in runs)} | {sum(s['mismatches'] for s in runs)} "
+              f"| {sum(s['unauth_logins'] for s in runs)} | {sum(s['failed_actions'] for s in runs)} |")
+    print()
+    print(f"verified I/Os: {sum(r['total_io_completed'] for r in reports):,}; unauthenticated login attempts: "
+          f"{sum(r['prober_attempts'] for r in reports):,}, got in: {sum(r['unauth_logins_total'] for r in reports)}; "
+          f"interrupted runs: {sum(1 for r in reports if r.get('interrupted'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]) if len(sys.argv) > 1 else "usage: lab/runs.py LAB_OUT_DIR ...")
