@@ -5,6 +5,7 @@ native nft and python-iptables. TCP connects prove what the rules do.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -310,3 +311,46 @@ def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_bloc
         assert client.wait(5) == 0
         rules = tagged_rules(host)
         assert len(rules) == 1 and rules[0].startswith("-A INPUT"), "the temporary OUTPUT reset rule is gone"
+
+
+@pytest.mark.parametrize("script, start_rc", [
+    ("/nonexistent/sync-tickles", 5),           # missing on this node
+    ("{not_executable}", 5),                    # there, but not executable
+    ("'/bin/true", 6),                          # an unclosed quote
+    ("/bin/false", 0),                          # runs and fails
+    ("{hangs}", 0),                             # runs and never ends
+])
+def test_a_broken_sync_script_never_fails_a_stop_or_a_monitor_and_the_stop_still_blocks(
+        host, state_dir, tmp_path, script, start_rc):
+    tickle = tmp_path / "tickle"
+    tickle.mkdir()
+    not_executable = tmp_path / "sync.sh"
+    not_executable.write_text("#!/bin/sh\n")
+    hangs, hung = tmp_path / "hang.sh", tmp_path / "hung.pids"
+    hangs.write_text(f"#!/bin/sh\necho $$ >> {hung}\nexec sleep 600\n")
+    hangs.chmod(0o755)
+    p = params("iptables", "unblock", tickle_dir=str(tickle),
+               sync_script=script.format(not_executable=not_executable, hangs=hangs))
+    good = {**p, "sync_script": ""}
+    # A bad script is refused where it can be seen: at start (6 everywhere, 5 on this node).
+    start = run_agent("portblock", "start", p, ns=host, state=state_dir)
+    assert start.rc == start_rc and ("sync_script" in start.exit_reason or start_rc == 0), start
+    if start_rc:
+        assert run_agent("portblock", "start", good, ns=host, state=state_dir).rc == 0
+    # Once running (the script broke, or broke later), monitor and stop answer for the firewall alone.
+    with held_connections(host):
+        began = time.monotonic()
+        monitor = run_agent("portblock", "monitor", p, ns=host, state=state_dir, meta={"interval": "10000"})
+        stop = run_agent("portblock", "stop", p, ns=host, state=state_dir)
+        assert time.monotonic() - began < 5
+    assert monitor.rc == 0, monitor
+    assert stop.rc == 0, stop
+    assert not can_connect(host), "the stopped unblock must leave the port blocked"
+    assert len(tagged_rules(host)) == 1
+    assert run_agent("portblock", "stop", {**p, "action": "block"}, ns=host, state=state_dir).rc == 0
+    time.sleep(0.2)
+    for pid in (hung.read_text().split() if hung.exists() else []):
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass

@@ -122,6 +122,23 @@ class Portblock(ocf.Agent):
     def tickle_dir(self) -> str:
         return self.param("tickle_dir")
 
+    @property
+    def sync_command(self) -> list[str]:
+        """sync_script split as a shell would; [] when unset. The program must run here."""
+        value = self.param("sync_script")
+        if not value:
+            return []
+        import shlex
+        try:
+            argv = shlex.split(value)
+        except ValueError as err:
+            raise OCFError(ERR_CONFIGURED, f"sync_script cannot be parsed: {err}") from None
+        from .proc import find_binary
+        if not argv or find_binary(argv[0]) is None:
+            raise OCFError(ERR_INSTALLED, f"sync_script: {argv[0] if argv else value!r} is not an "
+                                          "executable program on this node")
+        return argv
+
     # --------------------------------------------------------- derived state
 
     @property
@@ -175,6 +192,7 @@ class Portblock(ocf.Agent):
                 raise OCFError(ERR_CONFIGURED, f"tickle_dir={self.tickle_dir!r} must be an absolute path")
             if not os.path.isdir(self.tickle_dir):
                 raise OCFError(ERR_INSTALLED, f"tickle_dir {self.tickle_dir} does not exist")
+        self.sync_command
         self.firewall
 
     def start(self) -> int:
@@ -362,22 +380,32 @@ class Portblock(ocf.Agent):
             return
         lines = "".join(f"{s.local_text}\t{s.remote_text}\n" for s in established)
         state_file = os.path.join(self.tickle_dir, self.network.address)
-        sync_script = self.param("sync_script")
+        try:
+            sync_command = self.sync_command
+        except OCFError as err:
+            # Checked at start; if it broke since, the record stays local.
+            ocf.log_warning(err.reason)
+            sync_command = []
         try:
             with open(state_file + ".new", "w") as out:
                 out.write(lines)
                 out.flush()
-                if not sync_script:
+                if not sync_command:
                     os.fsync(out.fileno())  # shared dir: must be on disk before a failover
             os.replace(state_file + ".new", state_file)
         except OSError as err:
             ocf.log_warning(f"cannot write {state_file}: {err}")
             return
-        if sync_script:
-            import shlex
+        if sync_command:
+            # Detached: a script that hangs or fails costs this action nothing;
+            # the firewall alone decides the outcome (a stop must block even so).
             import subprocess
-            subprocess.Popen([*shlex.split(sync_script), state_file], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                subprocess.Popen([*sync_command, state_file], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+            except OSError as err:
+                ocf.log_warning(f"sync_script {sync_command[0]} could not run: {err}")
 
     def _tickle_remote(self) -> None:
         """Send tickle ACKs to the clients recorded by the previous node."""
