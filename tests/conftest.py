@@ -233,9 +233,12 @@ class IscsiLab:
         return f"iscsi://{credentials}{self.TARGET_IP}/{iqn}/{lun}"
 
     def login(self, iqn: str, user: str = "", password: str = "") -> bool:
-        """A full libiscsi login and INQUIRY (iscsi-inq) from the initiator namespace."""
+        """A full libiscsi login and INQUIRY (iscsi-inq) from the initiator namespace.
+        Credentials go through libiscsi's environment variables: its URLs are cut at 255 bytes."""
+        env = dict(os.environ, LIBISCSI_CHAP_USERNAME=user, LIBISCSI_CHAP_PASSWORD=password) if user \
+            else None
         result = self.client.run("iscsi-inq", "-i", "iqn.2026-11.test.tgtha:client",
-                                 self.url(iqn, 0, user, password), check=False, timeout=30)
+                                 self.url(iqn, 0), check=False, timeout=30, env=env)
         return result.returncode == 0
 
     def make_backing_file(self, name: str, size_mib: int = 64) -> Path:

@@ -462,3 +462,25 @@ def test_a_recurring_monitor_gives_tgtds_own_monitor_time_to_see_it_dead_first(i
         began = time.monotonic()
         assert lab.agent(agent, "monitor", params, meta={"interval": "10000"}).rc == 7
         assert time.monotonic() - began >= 4.5
+
+
+@pytest.mark.parametrize("length", [118, 200, 255])
+def test_long_chap_usernames_work_through_every_action(iscsi_lab, length):
+    """Up to our limit (255; tgt itself takes more), a user name is just a name:
+    the agents' own records of it must not depend on its length."""
+    lab = iscsi_lab
+    user = ("u" * length)[:length]
+    shared = {"username": user, "password": PASSWORD}
+    target = {"iqn": iqn(1), "incoming_username": user}
+    own = {"iqn": iqn(2), "incoming_username": user[:-1] + "o", "incoming_password": "Own-Secret-01234"}
+    for agent, params in (("tgtuser", shared), ("iSCSITarget", target), ("iSCSITarget", own)):
+        assert lab.agent(agent, "stop", params).rc == 0           # a stop before any start
+        start = lab.agent(agent, "start", params)
+        assert start.rc == 0, (agent, start)
+        assert lab.agent(agent, "monitor", params, meta={"interval": "10000"}).rc == 0
+    assert lab.agent("tgtuser", "reload", {**shared, "password": "Brand-New-Secret"}).rc == 0
+    assert lab.login(iqn(1), user, "Brand-New-Secret")
+    assert not lab.login(iqn(1), user, PASSWORD)
+    for agent, params in (("iSCSITarget", own), ("iSCSITarget", target), ("tgtuser", shared)):
+        assert lab.agent(agent, "stop", params).rc == 0, agent
+    assert lab.accounts() == [] and "Target" not in lab.show()

@@ -67,7 +67,13 @@ def config_lock(control_port: int, deadline: float) -> FileMutex:
 # ------------------------------------------------------------ the ledger
 
 def _ledger_path(control_port: int, user: str) -> str:
-    return os.path.join(state_dir(), f"tgtd{control_port}-account-{user.encode().hex()}")
+    """A file name for ``user``'s entry that fits any file system whatever the
+    name's length (a long name in hex hit ENAMETOOLONG from ~118 characters)."""
+    encoded = user.encode().hex()
+    if len(encoded) > 64:
+        from .iscsi_names import sha256_hex
+        encoded = "h-" + sha256_hex(user.encode())
+    return os.path.join(state_dir(), f"tgtd{control_port}-account-{encoded}")
 
 
 def _digest(salt: bytes, password: str) -> str:
