@@ -114,3 +114,58 @@ def test_no_tgtd_is_unreachable_not_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TGT_IPC_SOCKET", str(tmp_path / "socket"))
     with pytest.raises(TgtdUnreachable, match="not running"):
         TgtdControl(0, time.monotonic() + 1).targets()
+
+
+class MisbehavingTgtd:
+    """A unix socket that answers a management request the way a failing tgtd might."""
+
+    def __init__(self, tmp_path, behaviour: str) -> None:
+        import socket
+        import threading
+        self.path = str(tmp_path / "socket.7")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(4)
+        self.behaviour = behaviour
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import struct
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        conn.recv(4096)
+        if self.behaviour == "eof":
+            conn.close()
+        elif self.behaviour == "short header":
+            conn.sendall(b"\0\0\0")
+            conn.close()
+        elif self.behaviour == "short body":
+            conn.sendall(struct.pack("=II", 0, 8 + 1000) + b"Target 1: iqn.2026-11.test:t1\n")
+            conn.close()
+        elif self.behaviour == "huge length":
+            conn.sendall(struct.pack("=II", 0, 1 << 31) + b"Target 1: iqn.2026-11.test:t1\n")
+            time.sleep(3)
+            conn.close()
+        elif self.behaviour == "silent":
+            time.sleep(3)
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("behaviour", ["eof", "short header", "short body", "huge length", "silent"])
+def test_a_failing_tgtd_is_a_clear_bounded_error_never_a_hang_or_a_half_answer(tmp_path, monkeypatch, behaviour):
+    monkeypatch.setenv("TGT_IPC_SOCKET", str(tmp_path / "socket"))
+    peer = MisbehavingTgtd(tmp_path, behaviour)
+    try:
+        began = time.monotonic()
+        with pytest.raises(TgtdUnreachable) as raised:
+            TgtdControl(7, time.monotonic() + 1.0).targets()
+        assert time.monotonic() - began < 1.5
+        assert ("in time" in str(raised.value)) == (behaviour in ("silent", "huge length")), raised.value
+    finally:
+        peer.close()

@@ -275,6 +275,8 @@ class TgtdControl:
             answer = self._receive(sock)
         except TimeoutError:
             raise TgtdUnreachable(f"tgtd at {self.path} did not answer in time") from None
+        except OSError as err:      # reset, broken pipe, permission: never a traceback
+            raise TgtdUnreachable(f"tgtd at {self.path}: {err.strerror or err}") from None
         finally:
             sock.close()
         return answer if isinstance(answer, str) else self._raise(answer, what)
@@ -295,7 +297,10 @@ class TgtdControl:
         while remaining > 0:
             chunk = sock.recv(min(remaining, 65536))
             if not chunk:
-                break
+                # A cut answer is no answer: parsing half a "show" would
+                # make targets or LUNs disappear.
+                raise TgtdUnreachable(f"tgtd closed the management connection {remaining} bytes "
+                                      "short of its answer")
             parts.append(chunk)
             remaining -= len(chunk)
         return b"".join(parts).rstrip(b"\0").decode(errors="replace")
