@@ -151,6 +151,7 @@ def test_start_and_stop_are_idempotent(lab):
     ({"product_id": "a,b"}, 6, "product_id"),
     ({"target_iqn": "not-an-iqn"}, 6, "target_iqn"),
     ({"target_iqn": TARGET + "-missing"}, 1, "does not exist on this node"),
+    ({"path": "/tmp"}, 5, "is a directory on this node"),
     ({"tgt_device_type": "floppy"}, 6, "tgt_device_type"),
     ({"tgt_bsoflags": "fast"}, 6, "tgt_bsoflags"),
     ({"emulate_3pc": "1"}, 6, "EXTENDED COPY"),

@@ -272,7 +272,7 @@ def test_own_account_with_another_password_than_the_existing_one_is_refused(iscs
     assert lab.agent("tgtuser", "start", account()).rc == 0
     params = {"iqn": iqn(1), "incoming_username": USER, "incoming_password": "Not-The-Same-1"}
     start = lab.agent("iSCSITarget", "start", params)
-    assert start.rc == 6 and "already exists with another password" in start.exit_reason
+    assert start.rc == 1 and "already exists on this node with another password" in start.exit_reason
     assert "Not-The-Same-1" not in start.stderr + start.stdout
     assert "Target" not in lab.show()
 
@@ -349,7 +349,7 @@ def test_monitor_is_exact(iscsi_lab):
     ({"iqn": iqn(1), "incoming_username": "nobody-made-me"}, 5, "does not exist on this node"),
     ({"iqn": iqn(1), "additional_parameters": "novalue"}, 6, "name=value"),
     ({"iqn": iqn(1), "additional_parameters": "NoSuchTgtParameter=1"}, 1, "NoSuchTgtParameter"),
-    ({"iqn": iqn(1), "tid": "5"}, 6, "already used by target iqn.2026-11.test:holder"),
+    ({"iqn": iqn(1), "tid": "5"}, 1, "already used by target iqn.2026-11.test:holder"),
 ])
 def test_bad_input_is_refused_with_a_reason_and_leaves_nothing(iscsi_lab, params, rc, reason):
     lab = iscsi_lab
@@ -359,6 +359,9 @@ def test_bad_input_is_refused_with_a_reason_and_leaves_nothing(iscsi_lab, params
     assert (start.rc, reason in start.exit_reason) == (rc, True), start
     assert (lab.show(), lab.accounts()) == before
     assert "Lonely-Password-1" not in start.stderr
+    # validate-all judges the parameters alone: 6 bans a resource on every node.
+    validate = lab.agent("iSCSITarget", "validate-all", params)
+    assert validate.rc == (rc if rc == 6 else 0), validate
 
 
 def test_tgtd_not_running_and_not_installed(iscsi_lab):

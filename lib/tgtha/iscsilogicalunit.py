@@ -189,7 +189,7 @@ class ISCSILogicalUnit(TgtAgent):
         if not os.path.exists(path):
             raise OCFError(ERR_INSTALLED, f"backing store {path} does not exist on this node")
         if os.path.isdir(path):
-            raise OCFError(ERR_CONFIGURED, f"backing store {path} is a directory")
+            raise OCFError(ERR_INSTALLED, f"backing store {path} is a directory on this node")
 
     def monitor(self) -> int:
         target_iqn, lun = self.target_iqn, self.lun

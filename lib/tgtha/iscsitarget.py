@@ -113,14 +113,9 @@ class ISCSITarget(TgtAgent):
     # ---------------------------------------------------------------- actions
 
     def validate_all(self) -> int:
+        # The parameters only: whether the shared account exists yet is this
+        # node's state, not the configuration's (6 would ban the resource everywhere).
         self._validate()
-        if self.shares_account:
-            try:
-                known = self.username in self.tgtd.accounts()
-            except TgtdUnreachable:
-                known = True  # cannot tell before tgtd runs; start checks again
-            if not known:
-                raise OCFError(ERR_CONFIGURED, self._no_account_reason())
         return ocf.SUCCESS
 
     def _validate(self) -> None:
@@ -220,8 +215,10 @@ class ISCSITarget(TgtAgent):
                 wanted = wanted % MAX_TID + 1
             return wanted
         if wanted in in_use:
-            raise OCFError(ERR_CONFIGURED, f"tid {wanted} is already used by target {in_use[wanted]} "
-                                           f"on this node; give {iqn} another tid, or none")
+            # This node's state, not the configuration's: 1 moves the resource
+            # elsewhere; 6 would ban it from every node.
+            raise OCFError(ERR_GENERIC, f"tid {wanted} is already used by target {in_use[wanted]} "
+                                        f"on this node; give {iqn} another tid, or none")
         return wanted
 
     def _check_account(self, ctl: TgtdControl) -> bool:
@@ -236,7 +233,7 @@ class ISCSITarget(TgtAgent):
             return False
         if exists:
             if accounts.recorded_owner(port, user, password) is None:
-                raise OCFError(ERR_CONFIGURED, f"account {user} already exists with another password "
+                raise OCFError(ERR_GENERIC, f"account {user} already exists on this node with another password "
                                "(or was not made by tgtha); to share an account, run it with "
                                "ocf:tgtha:tgtuser and leave incoming_password empty")
             return False
