@@ -487,3 +487,44 @@ def test_long_chap_usernames_work_through_every_action(iscsi_lab, length):
     for agent, params in (("iSCSITarget", own), ("iSCSITarget", target), ("tgtuser", shared)):
         assert lab.agent(agent, "stop", params).rc == 0, agent
     assert lab.accounts() == [] and "Target" not in lab.show()
+
+
+def ledger_path(lab, user: str) -> Path:
+    port = lab.tgtd.control_port
+    return lab.state / "tgtha" / f"tgtd{port}-account-{user.encode().hex()}"
+
+
+def test_a_start_that_cannot_record_its_account_undoes_it(iscsi_lab):
+    """The ledger entry cannot be written (its name is taken by a directory):
+    the start fails and leaves no account that nobody knows it owns."""
+    lab = iscsi_lab
+    own = {"iqn": iqn(1), "incoming_username": "owner", "incoming_password": "Own-Secret-01234"}
+    for agent, params, user in (("tgtuser", account(), USER), ("iSCSITarget", own, "owner")):
+        blocker = ledger_path(lab, user)
+        (blocker / "in-the-way").mkdir(parents=True)
+        start = lab.agent(agent, "start", params)
+        assert start.rc == 1 and "cannot record account" in start.exit_reason, start
+        assert user not in lab.accounts() and "Target" not in lab.show()
+        assert lab.agent(agent, "monitor", params, meta={"interval": "10000"}).rc == 7
+        assert lab.agent(agent, "stop", params).rc == 0
+        assert not blocker.exists(), "stop clears the broken entry"
+        assert lab.agent(agent, "start", params).rc == 0
+        assert lab.agent(agent, "stop", params).rc == 0
+    assert lab.accounts() == []
+
+
+@pytest.mark.parametrize("garbage", [b"", b"tgtuser\n", b"tgtuser\nnot-hex\nx\n", b"\xff\xfe\x00binary"])
+def test_a_corrupt_ledger_entry_is_never_a_failed_stop_or_monitor(iscsi_lab, garbage):
+    lab = iscsi_lab
+    own = {"iqn": iqn(1), "incoming_username": "owner", "incoming_password": "Own-Secret-01234"}
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", own).rc == 0
+    for user in (USER, "owner"):
+        ledger_path(lab, user).write_bytes(garbage)
+    assert lab.agent("tgtuser", "monitor", account(), meta={"interval": "10000"}).rc == 0
+    assert lab.agent("iSCSITarget", "monitor", own, meta={"interval": "10000"}).rc == 0
+    # An unknown entry is re-derived: tgtuser takes the account over behind the guard.
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "stop", own).rc == 0
+    assert lab.agent("tgtuser", "stop", account()).rc == 0
+    assert USER not in lab.accounts() and "Target" not in lab.show()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 
 from .mutex import FileMutex, state_dir
-from .ocf_runtime import ERR_CONFIGURED, OCFError
+from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, OCFError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,32 +82,47 @@ def _digest(salt: bytes, password: str) -> str:
 
 
 def record_account(control_port: int, user: str, password: str, owner: str) -> None:
+    """Write the ledger entry; OCFError(ERR_GENERIC) if it cannot be written (the
+    caller then undoes what it made: an account nobody knows it owns is a leak)."""
     salt = os.urandom(16)
     path = _ledger_path(control_port, user)
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     temporary = f"{path}.{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as ledger:
-        ledger.write(f"{owner}\n{salt.hex()}\n{_digest(salt, password)}\n")
-    os.replace(temporary, path)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as ledger:
+            ledger.write(f"{owner}\n{salt.hex()}\n{_digest(salt, password)}\n")
+        os.replace(temporary, path)
+    except OSError as err:
+        _unlink(temporary)
+        raise OCFError(ERR_GENERIC, f"cannot record account {user} in {path}: {err.strerror}") from None
 
 
 def recorded_owner(control_port: int, user: str, password: str | None = None) -> str | None:
-    """Who created ``user`` (None: unknown); with ``password``, only if it matches."""
+    """Who created ``user`` (None: unknown, also for an unreadable, truncated or
+    corrupt entry); with ``password``, only if it matches."""
     try:
         with open(_ledger_path(control_port, user)) as ledger:
             owner, salt, digest = ledger.read().split("\n")[:3]
-    except (FileNotFoundError, ValueError):
+        if password is not None and _digest(bytes.fromhex(salt), password) != digest:
+            return None
+    except (OSError, ValueError):       # ValueError: short, not hex, not UTF-8
         return None
-    if password is not None and _digest(bytes.fromhex(salt), password) != digest:
-        return None
-    return owner
+    return owner if owner else None
 
 
 def forget_account(control_port: int, user: str) -> None:
+    path = _ledger_path(control_port, user)
+    if os.path.isdir(path) and not os.path.islink(path):
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+    _unlink(path)
+
+
+def _unlink(path: str) -> None:
     try:
-        os.unlink(_ledger_path(control_port, user))
-    except FileNotFoundError:
+        os.unlink(path)
+    except OSError:
         pass
 
 

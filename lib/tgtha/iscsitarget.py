@@ -238,7 +238,11 @@ class ISCSITarget(TgtAgent):
                                "ocf:tgtha:tgtuser and leave incoming_password empty")
             return False
         ctl.create_account(user, password)
-        accounts.record_account(port, user, password, OWNER)
+        try:
+            accounts.record_account(port, user, password, OWNER)
+        except OCFError:
+            ctl.delete_account(user)        # made just now, known to nobody: undo
+            raise
         return True
 
     def _no_account_reason(self) -> str:
@@ -274,10 +278,14 @@ class ISCSITarget(TgtAgent):
         """Delete the account this target made, unless another target still uses it."""
         user, port = self.username, self.control_port
         with accounts.config_lock(port, self.deadline):
-            if user and not self.shares_account and accounts.recorded_owner(port, user) == OWNER \
-                    and user in ctl.accounts() and not any(accounts.bound_targets(ctl, user)):
-                ctl.delete_account(user)
-                accounts.forget_account(port, user)
+            if user and not self.shares_account:
+                exists = user in ctl.accounts()
+                if exists and accounts.recorded_owner(port, user) == OWNER \
+                        and not any(accounts.bound_targets(ctl, user)):
+                    ctl.delete_account(user)
+                    exists = False
+                if not exists:
+                    accounts.forget_account(port, user)     # no account, no entry (stale or broken)
             accounts.drop_unused_guard(ctl)
 
     # ---------------------------------------------------------------- checks

@@ -117,7 +117,12 @@ class Tgtuser(TgtAgent):
                     accounts.replace_password(ctl, user, password)
                 else:
                     ctl.create_account(user, password)
-                accounts.record_account(port, user, password, accounts.OWNER_TGTUSER)
+                try:
+                    accounts.record_account(port, user, password, accounts.OWNER_TGTUSER)
+                except OCFError:
+                    if not exists:
+                        ctl.delete_account(user)    # made just now, known to nobody: undo
+                    raise
                 if user not in ctl.accounts():
                     raise OCFError(ERR_GENERIC, f"account {user} is missing right after creating it")
                 return True
