@@ -72,7 +72,7 @@ def assert_no_failover_hurt_an_initiator(report: dict) -> None:
         assert scenario["stalled_initiators"] == 0, (name, scenario["details"])
     assert report["total_io_errors"] == 0 and report["total_mismatches"] == 0
     assert report["prober_attempts"] > 0 and report["unauth_logins_total"] == 0
-    assert report["total_io_completed"] > 1000
+    assert report["total_io_completed"] > 100 * report["luns"]   # a round per LUN every ~0.1-0.2 s
 
 
 def test_every_failover_is_a_pause_never_an_error(tmp_path, report):

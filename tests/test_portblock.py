@@ -354,3 +354,87 @@ def test_a_broken_sync_script_never_fails_a_stop_or_a_monitor_and_the_stop_still
             os.kill(int(pid), 9)
         except ProcessLookupError:
             pass
+
+
+def iptables_pointing_to(tmp_path, variant: str) -> dict[str, str]:
+    """An environment whose iptables/ip6tables commands are the ``variant`` ones,
+    as update-alternatives would make them (without touching the host's)."""
+    bin_dir = tmp_path / f"alternatives-{variant}"
+    bin_dir.mkdir(exist_ok=True)
+    for command in ("iptables", "ip6tables"):
+        link = bin_dir / command
+        if not link.exists():
+            link.symlink_to(f"/usr/sbin/{command}-{variant}")
+    return {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+@pytest.mark.parametrize("address", [VIP, VIP6])
+@pytest.mark.parametrize("before, after", [("nft", "legacy"), ("legacy", "nft")])
+def test_a_rule_is_managed_where_it_was_made_when_iptables_switches_variant(
+        host, state_dir, tmp_path, address, before, after):
+    """firewall=auto is decided when the pair starts and recorded: iptables switched
+    between nft and legacy meanwhile changes nothing for monitor, unblock and stop."""
+    family = 6 if ":" in address else 4
+    block = {**params("auto", "block", ip=address, status_check="rule")}
+    unblock = {**block, "action": "unblock"}
+    old, new = iptables_pointing_to(tmp_path, before), iptables_pointing_to(tmp_path, after)
+
+    def agent(action: str, p: dict[str, str], env: dict[str, str], **kw) -> int:
+        return run_agent("portblock", action, p, ns=host, state=state_dir, env=env, **kw).rc
+
+    assert agent("start", block, old) == 0
+    assert not can_connect(host, address)
+    assert agent("monitor", block, new, meta={"interval": "10000"}) == 0
+    assert agent("start", unblock, new) == 0
+    assert can_connect(host, address)
+    assert agent("monitor", unblock, new, meta={"interval": "10000"}) == 0
+    assert agent("stop", unblock, new) == 0
+    assert not can_connect(host, address)
+    assert agent("stop", block, new) == 0
+    assert can_connect(host, address)
+    assert tagged_rules(host, family) == []
+
+
+def test_stop_removes_a_stale_copy_that_another_backend_holds(host, state_dir, tmp_path):
+    """No record (a copy made before the agent recorded backends, or by hand):
+    the stop that removes the rule looks in every backend."""
+    p = params("auto", "block")
+    assert run_agent("portblock", "start", {**p, "firewall": "iptables-legacy"}, ns=host,
+                     state=state_dir).rc == 0
+    for record in (state_dir / "tgtha").glob("*_firewall"):
+        record.unlink()
+    assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+    assert tagged_rules(host) == [] and can_connect(host)
+
+
+HIDE_IPTABLES = ('for p in iptables ip6tables iptables-nft ip6tables-nft iptables-legacy ip6tables-legacy; do '
+                 'mount --bind /dev/null /usr/sbin/$p; done; exec "$@"')
+
+
+@pytest.mark.parametrize("address", [VIP, VIP6])
+def test_a_rule_is_managed_where_it_was_made_when_iptables_is_installed_meanwhile(host, state_dir, address):
+    """Started without iptables (auto: nft), then iptables is installed: the pair
+    keeps using nft until it stops. (iptables removed while its rules are in
+    force is not handled: nft shows iptables-nft's rules without their comment,
+    so nothing can tell ours from the administrator's; README says so.)"""
+    family = 6 if ":" in address else 4
+    block = params("auto", "block", ip=address, status_check="rule")
+    unblock = {**block, "action": "unblock"}
+
+    def agent(action: str, p: dict[str, str], iptables_installed: bool = True, **kw) -> int:
+        argv = [str(AGENTS / "portblock"), action]
+        if not iptables_installed:     # the package gone: its programs are not executable
+            argv = ["unshare", "--mount", "sh", "-c", HIDE_IPTABLES, "-", *argv]
+        env = agent_env(state_dir, "rsc", p, kw.get("meta"))
+        return subprocess.run(host.exec_argv(*argv), env=env, capture_output=True, text=True).returncode
+
+    assert agent("start", block, iptables_installed=False) == 0
+    assert not can_connect(host, address)
+    assert agent("monitor", block, meta={"interval": "10000"}) == 0
+    assert agent("start", unblock) == 0
+    assert can_connect(host, address)
+    assert agent("stop", unblock) == 0
+    assert not can_connect(host, address)
+    assert agent("stop", block) == 0
+    assert can_connect(host, address)
+    assert tagged_rules(host, family) == []

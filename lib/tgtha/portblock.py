@@ -149,11 +149,63 @@ class Portblock(ocf.Agent):
         return [BlockRule(chain, protocol, ports, network, method) for chain in chains]
 
     @property
+    def backend(self) -> str:
+        """The concrete firewall backend: the one recorded when the rule pair
+        first started, for as long as one of the pair runs (iptables may be
+        switched between nft and legacy, installed or removed meanwhile: the
+        rule stays where it was made), else what ``firewall`` means now."""
+        if not hasattr(self, "_backend"):
+            from .firewall import resolve
+            recorded = self._recorded_backend()
+            self._backend = recorded or resolve(self.param("firewall"), self.network.family)
+        return self._backend
+
+    @property
     def firewall(self) -> Firewall:
         if not hasattr(self, "_firewall"):
             from .firewall import select_firewall
-            self._firewall = select_firewall(self.param("firewall"), self.network.family)
+            self._firewall = select_firewall(self.backend, self.network.family)
         return self._firewall
+
+    @property
+    def _backend_file(self) -> str:
+        return f"{self._state_base}_firewall"
+
+    def _recorded_backend(self) -> str | None:
+        from .firewall import FIREWALLS
+        try:
+            with open(self._backend_file) as record:
+                name = record.read().strip()
+        except (OSError, ValueError):
+            return None
+        return name if name in FIREWALLS and name != "auto" else None
+
+    def _record_backend(self) -> None:
+        if self._recorded_backend() != self.backend:
+            os.makedirs(os.path.dirname(self._backend_file), exist_ok=True)
+            temporary = f"{self._backend_file}.{os.getpid()}"
+            with open(temporary, "w") as record:
+                record.write(self.backend + "\n")
+            os.replace(temporary, self._backend_file)
+
+    def _sweep_other_backends(self) -> None:
+        """Remove copies of our rules that another backend holds: left there
+        when the node's iptables changed while no record said where they were."""
+        from .firewall import concrete_backends, resolve, select_firewall
+        now = resolve(self.param("firewall"), self.network.family)
+        others = [b for b in concrete_backends(self.network.family) if b not in (self.backend, now)]
+        if self._recorded_backend() is not None and now == self.backend:
+            return  # nothing changed since the record: nothing can be elsewhere
+        for name in others + ([now] if now != self.backend else []):
+            try:
+                other = select_firewall(name, self.network.family)
+                with other.locked(self.deadline):
+                    for rule in self.rules:
+                        for _copy in range(other.count(rule, self.deadline)):
+                            other.delete(rule, self.deadline)
+                            ocf.log_warning(f"{self._describe()}: removed a stale copy from {name}")
+            except OCFError as err:
+                ocf.log_warning(f"{self._describe()}: cannot look for stale rules in {name}: {err.reason}")
 
     @property
     def _state_base(self) -> str:
@@ -198,12 +250,15 @@ class Portblock(ocf.Agent):
     def start(self) -> int:
         self._validate()
         if self.is_promotable:
+            self._record_backend()
             self._apply(self._opposite(self.configured_action))
             self._set_role("unpromoted", PROMOTION_SCORE_UNPROMOTED)
             return ocf.SUCCESS
         action = self.configured_action
+        self._record_backend()
         self._apply(action)
         if action == "unblock":
+            self._sweep_other_backends()
             self._tickle_remote()
         self._touch(self._state_file(action))
         return ocf.SUCCESS
@@ -215,10 +270,13 @@ class Portblock(ocf.Agent):
             self._block(stopping_unblock=True)
         else:
             self._unblock()
+            self._sweep_other_backends()
         if self.is_promotable:
             self._forget_role()
         else:
             self._remove(self._state_file(action))
+        if not any(os.path.exists(self._state_file(a)) for a in ("block", "unblock")):
+            self._remove(self._backend_file)    # the pair is down: the next start decides anew
         return ocf.SUCCESS
 
     def _require_promotable(self) -> None:

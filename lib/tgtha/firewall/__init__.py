@@ -20,6 +20,8 @@ iptables-legacy's own lock for backends that write legacy tables without it.
 """
 from __future__ import annotations
 
+import os
+
 from ..netaddr import Network, PortSet
 from ..ocf_runtime import ERR_CONFIGURED, ERR_INSTALLED, OCFError
 from ..proc import find_binary
@@ -99,15 +101,48 @@ class Firewall:
         raise NotImplementedError
 
 
-def select_firewall(choice: str, family: int) -> Firewall:
-    """The backend for the ``firewall`` parameter; OCFError if unusable here."""
+def resolve(choice: str, family: int) -> str:
+    """What the ``firewall`` parameter means on this node now, as a concrete backend.
+
+    ``auto`` and ``iptables`` follow the iptables command, which the
+    alternatives system points at the nft or the legacy variant: the variant is
+    read from where the command leads. A rule must be removed by the variant
+    that made it, whatever the command points to later, so the result is what
+    portblock records at start.
+    """
     if choice not in FIREWALLS:
         raise OCFError(ERR_CONFIGURED, f"firewall={choice!r} is not one of {', '.join(FIREWALLS)}")
+    iptables = "ip6tables" if family == 6 else "iptables"
     if choice == "auto":
-        iptables = "ip6tables" if family == 6 else "iptables"
         choice = "iptables" if find_binary(iptables) else "nft" if find_binary("nft") else ""
         if not choice:
             raise OCFError(ERR_INSTALLED, f"firewall=auto: neither {iptables} nor nft is installed")
+    if choice == "iptables":
+        program = find_binary(iptables)
+        target = os.path.basename(os.path.realpath(program)) if program else ""
+        if "legacy" in target:
+            return "iptables-legacy"
+        if "nft" in target:
+            return "iptables-nft"
+    return choice
+
+
+def concrete_backends(family: int) -> list[str]:
+    """Every backend that can hold a rule and whose program is installed here
+    (python-iptables writes the same legacy tables as iptables-legacy)."""
+    names = []
+    for name, program in (("iptables-nft", "iptables-nft"), ("iptables-legacy", "iptables-legacy"),
+                          ("nft", "nft")):
+        if family == 6 and name.startswith("iptables"):
+            program = "ip6" + program[2:]
+        if find_binary(program):
+            names.append(name)
+    return names
+
+
+def select_firewall(choice: str, family: int) -> Firewall:
+    """The backend for the ``firewall`` parameter, or a concrete one; OCFError if unusable here."""
+    choice = resolve(choice, family)
     if choice == "nft":
         from .nft import Nft
         return Nft.create()
