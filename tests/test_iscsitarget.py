@@ -528,3 +528,19 @@ def test_a_corrupt_ledger_entry_is_never_a_failed_stop_or_monitor(iscsi_lab, gar
     assert lab.agent("iSCSITarget", "stop", own).rc == 0
     assert lab.agent("tgtuser", "stop", account()).rc == 0
     assert USER not in lab.accounts() and "Target" not in lab.show()
+
+
+def test_eui_and_naa_names_with_upper_case_hex_work_as_written(iscsi_lab):
+    """RFC 3720 writes eui./naa. names in upper-case hex; tgt compares names exactly,
+    so the name is kept as written, for the target and in allowed_initiators."""
+    lab = iscsi_lab
+    target, initiator = "eui.02004567A425678D", "naa.52004567BA64678D"
+    params = {"iqn": target, "allowed_initiators": initiator}
+    assert lab.agent("iSCSITarget", "validate-all", params).rc == 0
+    assert lab.agent("iSCSITarget", "start", params).rc == 0
+    assert lab.agent("iSCSITarget", "monitor", params, meta={"interval": "10000"}).rc == 0
+    as_allowed = lab.client.run("iscsi-inq", "-i", initiator, lab.url(target), check=False, timeout=30)
+    as_other = lab.client.run("iscsi-inq", "-i", initiator.lower(), lab.url(target), check=False, timeout=30)
+    assert as_allowed.returncode == 0, as_allowed.stderr
+    assert as_other.returncode != 0, "tgt compares exactly: another spelling is another initiator"
+    assert lab.agent("iSCSITarget", "stop", params).rc == 0

@@ -67,14 +67,15 @@ def test_account_show_is_parsed():
 
 @pytest.mark.parametrize("name", [
     "iqn.2026-11.org.example:storage.t1", "iqn.1994-05.com.redhat", "eui.0123456789abcdef",
-    "naa.0123456789abcdef0123456789abcdef"])
+    "naa.0123456789abcdef0123456789abcdef", "eui.02004567A425678D", "naa.52004567BA64678D"])
 def test_valid_iscsi_names(name):
     assert name_problem(name) is None
 
 
 @pytest.mark.parametrize("name", [
     "", "iqn.2026-13.org.example:t", "iqn.26-11.org.example", "iqn.2026-11.:t", "IQN.2026-11.org.x",
-    "iqn.2026-11.org.ex ample", "iqn.2026-11.org.example:t,1", "eui.0123", "target1", "iqn." + "a" * 230])
+    "iqn.2026-11.org.ex ample", "iqn.2026-11.org.example:t,1", "eui.0123", "target1", "iqn." + "a" * 230,
+    "iqn.\u0662\u0660\u0662\u0666-11.org.example", "eui.02004567A425678G"])
 def test_invalid_iscsi_names_say_why(name):
     assert name_problem(name)
 

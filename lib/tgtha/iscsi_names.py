@@ -14,23 +14,25 @@ def name_problem(name: str) -> str | None:
         return "it is empty"
     if len(name.encode()) > MAX_NAME_BYTES:
         return f"it is longer than {MAX_NAME_BYTES} bytes"
-    if name != name.lower():
-        return "iSCSI names are lower case (initiators normalise them; tgt compares exactly)"
     if name.startswith(("eui.", "naa.")):
+        # RFC 3720 writes them with upper-case hex (eui.02004567A425678D); tgt
+        # compares names exactly, so the name is kept as written.
         digits = name[4:]
         lengths = (16,) if name.startswith("eui.") else (16, 32)
-        if len(digits) not in lengths or not set(digits) <= _HEX:
+        if len(digits) not in lengths or not set(digits.lower()) <= _HEX:
             return f"{name[:3]} names are {name[:3]}. followed by " + \
                    " or ".join(str(n) for n in lengths) + " hex digits"
         return None
+    if name != name.lower():
+        return "iqn. names are lower case (initiators normalise them; tgt compares exactly)"
     if not name.startswith("iqn."):
         return "it must start with iqn., eui. or naa."
     bad = sorted(set(name) - _NAME_CHARS)
     if bad:
         return f"it contains {''.join(bad)!r} (allowed: a-z 0-9 . - :)"
     date, _, rest = name[4:].partition(".")
-    if not (len(date) == 7 and date[4] == "-" and date[:4].isdigit() and date[5:].isdigit()
-            and 1 <= int(date[5:]) <= 12):
+    if not (len(date) == 7 and date[4] == "-" and date.isascii() and date[:4].isdigit()
+            and date[5:].isdigit() and 1 <= int(date[5:]) <= 12):
         return "the date after iqn. must be yyyy-mm"
     authority = rest.partition(":")[0]
     if not authority or authority.startswith(".") or authority.endswith("."):
