@@ -39,7 +39,7 @@ def tgtd_pids(port: int) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if argv[0].endswith(b"/tgtd") and str(port).encode() in argv and state != "Z":
+        if os.path.basename(argv[0]) == b"tgtd" and str(port).encode() in argv and state != "Z":
             found.append(int(entry))
     return found
 
