@@ -145,13 +145,12 @@ def run_agent(agent: str, action: str, params: dict[str, str], *, ns: Netns | No
 class Tgtd:
     """A real tgtd in a namespace, on its own control port, portal on ``portal_ip``."""
 
-    def __init__(self, ns: Netns, control_port: int, portal_ip: str, logfile: Path) -> None:
+    def __init__(self, ns: Netns, control_port: int, portal: str, logfile: Path) -> None:
         self.ns = ns
         self.control_port = control_port
         self.log = open(logfile, "w")
         self.proc = subprocess.Popen(
-            ns.exec_argv("tgtd", "-f", "--control-port", str(control_port),
-                         "--iscsi", f"portal={portal_ip}:3260"),
+            ns.exec_argv("tgtd", "-f", "--control-port", str(control_port), "--iscsi", f"portal={portal}"),
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -184,10 +183,11 @@ _control_ports = itertools.count(100 + os.getpid() % 5000)
 def start_tgtd(tmp_path):
     started: list[Tgtd] = []
 
-    def start(ns: Netns, portal_ip: str) -> Tgtd:
+    def start(ns: Netns, portal_ip: str, port: int = 3260) -> Tgtd:
         if shutil.which("tgtd") is None:
             pytest.skip("tgtd not installed")
-        tgtd = Tgtd(ns, next(_control_ports), portal_ip, tmp_path / f"tgtd{len(started)}.log")
+        portal = f"[{portal_ip}]:{port}" if ":" in portal_ip else f"{portal_ip}:{port}"
+        tgtd = Tgtd(ns, next(_control_ports), portal, tmp_path / f"tgtd{len(started)}.log")
         started.append(tgtd)
         return tgtd
 

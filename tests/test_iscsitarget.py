@@ -390,7 +390,7 @@ def test_start_ordered_right_after_tgtd_waits_for_it_to_listen(iscsi_lab, tmp_pa
     starter = threading.Thread(target=lambda: result.update(run=lab.agent("tgtuser", "start", account())))
     starter.start()
     time.sleep(1.0)
-    lab.tgtd = Tgtd(lab.node, port, lab.TARGET_IP, tmp_path / "tgtd-late.log")
+    lab.tgtd = Tgtd(lab.node, port, f"{lab.TARGET_IP}:3260", tmp_path / "tgtd-late.log")
     try:
         starter.join(timeout=30)
         assert result["run"].rc == 0, result["run"]
@@ -544,3 +544,62 @@ def test_eui_and_naa_names_with_upper_case_hex_work_as_written(iscsi_lab):
     assert as_allowed.returncode == 0, as_allowed.stderr
     assert as_other.returncode != 0, "tgt compares exactly: another spelling is another initiator"
     assert lab.agent("iSCSITarget", "stop", params).rc == 0
+
+
+@pytest.mark.parametrize("where", ["ipv6", "ipv6 port 3261", "ipv4 port 3261", "ipv6 link-local"])
+@pytest.mark.parametrize("stopping", ["iSCSITarget", "iSCSILogicalUnit"])
+def test_stop_closes_a_frozen_initiators_connection_whatever_the_address_family_and_port(
+        make_netns, start_tgtd, state_dir, tmp_path, report, where, stopping):
+    """portals left at its default (the agent knows no address): the stop finds the
+    connection through tgtd's own portals, in both families, and logs what it closed."""
+    from conftest import run_agent, veth_pair
+    node, client = make_netns("v6node"), make_netns("v6cli")
+    port = 3261 if "3261" in where else 3260
+    if where.startswith("ipv4"):
+        target_ip, client_ip, url_host = "10.84.0.1", "10.84.0.2", "10.84.0.1"
+        veth_pair(node, client, f"{target_ip}/24", f"{client_ip}/24")
+        tgtd = start_tgtd(node, target_ip, port)
+    else:
+        prefix = "fe80::" if "link-local" in where else "fd00:84::"
+        node_dev, client_dev = veth_pair(node, client, "10.84.0.1/24", "10.84.0.2/24")
+        node.run("ip", "-6", "addr", "add", f"{prefix}1/64", "dev", node_dev, "nodad")
+        client.run("ip", "-6", "addr", "add", f"{prefix}2/64", "dev", client_dev, "nodad")
+        # tgt binds no scope: a link-local portal is reached through the wildcard.
+        tgtd = start_tgtd(node, "::" if "link-local" in where else f"{prefix}1", port)
+        url_host = f"[{prefix}1%{client_dev}]" if "link-local" in where else f"[{prefix}1]"
+    control = {"control_port": str(tgtd.control_port)}
+    target = {**control, "iqn": iqn(1)}
+    backing = tmp_path / "lun1.img"
+    backing.write_bytes(b"\0" * (16 << 20))
+    lun = {**control, "target_iqn": iqn(1), "lun": "1", "path": str(backing)}
+    agent = lambda name, action, params: run_agent(name, action, params, ns=node, state=state_dir)  # noqa: E731
+    assert agent("iSCSITarget", "start", target).rc == 0
+    assert agent("iSCSILogicalUnit", "start", lun).rc == 0
+    log = open(tmp_path / "perf.log", "w")
+    perf = subprocess.Popen(client.exec_argv(
+        "iscsi-perf", "-i", "iqn.2026-11.test.tgtha:v6", "-m", "64", "-b", "2048", "-x", "-1",
+        f"iscsi://{url_host}:{port}/{iqn(1)}/1"), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while "I_T nexus: " not in tgtd.tgtadm("--mode", "target", "--op", "show").stdout:
+            assert time.monotonic() < deadline, (tmp_path / "perf.log").read_text()
+            time.sleep(0.1)
+        time.sleep(1)
+        os.kill(perf.pid, signal.SIGSTOP)       # zero window: tgtd's send queue stays full
+        time.sleep(2)
+        began = time.monotonic()
+        stop = agent(stopping, "stop", target if stopping == "iSCSITarget" else lun)
+        took = time.monotonic() - began
+    finally:
+        os.kill(perf.pid, signal.SIGCONT)
+        perf.kill()
+        perf.wait()
+        log.close()
+    assert stop.rc == 0, stop
+    report(f"{stopping} stop, frozen initiator, {where}, portals unset: {took:.2f} s")
+    assert took < 3.0
+    assert "closed 1 connection(s)" in stop.stderr, (took, stop.stderr)
+    if stopping == "iSCSILogicalUnit":
+        shown = tgtd.tgtadm("--mode", "target", "--op", "show").stdout
+        assert "State: ready" in shown and "LUN: 1\n" not in shown, "the target is given back, ready"
+        assert agent("iSCSITarget", "stop", target).rc == 0

@@ -24,11 +24,14 @@ def close_sessions(ctl: TgtdControl, target: Target, portals: list[tuple[Network
                    deadline: float) -> None:
     """Close every session of ``target``; return when none is left or at ``deadline``.
 
-    ``portals`` are the (address, port) pairs initiators reach the target at.
-    A specific address selects exactly this target's connections (each target
-    has its own service IP); a wildcard one selects every connection from the
-    target's initiator hosts to that port, which resets their sessions to
-    other targets too (they reconnect).
+    ``portals`` are the (address, port) pairs initiators reach the target at,
+    when the agent knows them (iSCSITarget's ``portals``); otherwise tgtd's own
+    portals are used, so the port and address family are right (IPv6, a port
+    other than 3260). A specific address selects exactly this target's
+    connections (each target has its own service IP); a wildcard one selects
+    every connection from the target's initiator hosts to that port, in both
+    address families, which resets their sessions to other targets too (they
+    reconnect).
     """
     if not target.nexuses:
         return
@@ -40,19 +43,46 @@ def close_sessions(ctl: TgtdControl, target: Target, portals: list[tuple[Network
         return
     from .netaddr import PortSet
     from .sockdiag import SocketDestroyUnsupported, close_sockets
-    peers = [Network.parse(c.address) for n in current.nexuses for c in n.connections if c.address]
+    peers = sorted({peer for n in current.nexuses for c in n.connections
+                    if (peer := _peer(c.address)) is not None}, key=str)
+    if not portals or all(_wildcard(p) for p, _ in portals):
+        portals = [(Network.parse(address), port) for address, port in ctl.portals()] or portals
+    closed, left = 0, []
     for portal, port in portals or [(Network.parse("0.0.0.0"), 3260)]:
-        specific = portal.packed.strip(b"\0") != b""
-        local = portal if specific else Network.parse("::/0" if portal.family == 6 else "0.0.0.0/0")
-        try:
-            close_sockets(local, PortSet.parse(str(port)), deadline, peers=None if specific else peers)
-        except SocketDestroyUnsupported as err:
-            ocf.log_warning(f"cannot destroy connections of {target.iqn}: {err}")
-        if not specific and peers:
-            ocf.log_info(f"closed every connection from {', '.join(sorted({str(p) for p in peers}))} "
-                         f"to port {port}: with a wildcard portal, sessions to other targets "
-                         "from those hosts reconnect too (set portals to the target's address)")
+        if _wildcard(portal) and not peers:
+            continue        # nothing tells this target's connections from the others'
+        locals_ = [Network.parse("0.0.0.0/0"), Network.parse("::/0")] if _wildcard(portal) else [portal]
+        for local in locals_:
+            try:
+                count, remaining = close_sockets(local, PortSet.parse(str(port)), deadline,
+                                                 peers=peers if _wildcard(portal) else None)
+            except SocketDestroyUnsupported as err:
+                ocf.log_warning(f"cannot destroy connections of {target.iqn}: {err}")
+                continue
+            closed += count
+            left += remaining
+    if closed:
+        wildcard = " (wildcard portal: sessions to other targets from those hosts reconnect too;" \
+                   " set portals to the target's address)" if any(_wildcard(p) for p, _ in portals) else ""
+        ocf.log_info(f"{target.iqn}: closed {closed} connection(s) from "
+                     f"{', '.join(str(p.address) for p in peers) or 'its initiators'}{wildcard}")
+    if left:
+        ocf.log_warning(f"{target.iqn}: {len(left)} connection(s) still open: "
+                        + ", ".join(str(s) for s in left[:5]))
     _wait_for_no_sessions(ctl, target, deadline)
+
+
+def _wildcard(portal: Network) -> bool:
+    return not portal.packed.strip(b"\0")
+
+
+def _peer(address: str) -> Network | None:
+    """An initiator's address as tgt shows it (IPv6 possibly bracketed or with a %scope)."""
+    text = address.strip().strip("[]").split("%", 1)[0]
+    try:
+        return Network.parse(text) if text else None
+    except ValueError:
+        return None
 
 
 def _wait_for_no_sessions(ctl: TgtdControl, target: Target, until: float) -> Target | None:
