@@ -24,7 +24,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 
 
 def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+    # errors="replace": tgtd prints initiator names verbatim, bytes that are no UTF-8 included.
+    return subprocess.run(argv, check=check, capture_output=True, text=True, errors="replace", **kw)
 
 
 class Netns:

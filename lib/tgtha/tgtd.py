@@ -141,59 +141,10 @@ class Target:
 
 
 def parse_targets(text: str) -> list[Target]:
-    """Parse ``tgtadm --mode target --op show`` (tgt_target_show_all).
-
-    Sections are told apart by their headings, values by their indentation
-    and prefix; an IQN is taken whole after "Target N: ".
-    """
-    targets: list[Target] = []
-    target: Target | None = None
-    section = ""
-    nexus: Nexus | None = None
-    lun: LogicalUnit | None = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped:
-            continue
-        if line.startswith("Target ") and not line.startswith(" "):
-            number, _, iqn = line[len("Target "):].partition(": ")
-            target = Target(int(number), iqn.strip())
-            targets.append(target)
-            section, nexus, lun = "", None, None
-            continue
-        if target is None:
-            continue
-        if stripped.endswith(" information:"):
-            section = stripped[:-len(" information:")]
-            continue
-        if section == "System":
-            if stripped.startswith("State: "):
-                target.state = stripped[len("State: "):]
-        elif section == "I_T nexus":
-            if stripped.startswith("I_T nexus: "):
-                nexus = Nexus(int(stripped[len("I_T nexus: "):]))
-                target.nexuses.append(nexus)
-            elif nexus is not None and stripped.startswith("Initiator: "):
-                nexus.initiator = stripped[len("Initiator: "):].split(" alias: ")[0]
-            elif nexus is not None and stripped.startswith("Connection: "):
-                nexus.connections.append(Connection(int(stripped[len("Connection: "):]), ""))
-            elif nexus is not None and nexus.connections and "IP Address: " in stripped:
-                nexus.connections[-1].address = stripped.split("IP Address: ", 1)[1]
-        elif section == "LUN":
-            if stripped.startswith("LUN: "):
-                lun = LogicalUnit(int(stripped[len("LUN: "):]))
-                target.luns[lun.lun] = lun
-            elif lun is not None:
-                key, _, value = stripped.partition(": ")
-                lun.fields[key] = value
-        elif section == "Account":
-            if stripped.endswith(" (outgoing)"):
-                target.outgoing = stripped[:-len(" (outgoing)")]
-            else:
-                target.incoming.append(stripped)
-        elif section == "ACL":
-            target.acls.append(stripped)
-    return targets
+    """Parse ``tgtadm --mode target --op show`` as if every tid shown existed
+    (the hostile-text rules are tgtshow's; TgtdControl also asks tgtd which tids exist)."""
+    from .tgtshow import Show
+    return Show(text, lambda tid: True).targets()
 
 
 def parse_system_state(text: str) -> str:
@@ -311,12 +262,31 @@ class TgtdControl:
 
     # ---------------------------------------------------------- reading
 
+    def show(self):
+        """The targets as tgtd shows them, read as tgtshow.Show (initiators write part of it)."""
+        from .tgtshow import Show
+        return Show(self.request(MODE_TARGET, OP_SHOW, what="show targets"), self.tid_exists)
+
+    def tid_exists(self, tid: int) -> bool:
+        """Asked of tgtd alone: the answer holds no text an initiator wrote."""
+        try:
+            self.request(MODE_TARGET, OP_SHOW, tid=tid, what=f"show target {tid}")
+            return True
+        except TgtdError as err:
+            if err.code == ERR_NO_TARGET:
+                return False
+            raise
+
     def targets(self) -> list[Target]:
-        return parse_targets(self.request(MODE_TARGET, OP_SHOW, what="show targets"))
+        return self.show().targets()
 
     def target_by_iqn(self, iqn: str) -> Target | None:
-        for target in self.targets():
-            if target.iqn == iqn:
+        """The real target named ``iqn``: a header naming it counts only if it is
+        the real header of its tid (see tgtshow)."""
+        show = self.show()
+        for tid in show.tids_named(iqn):
+            target = show.target(tid)
+            if target is not None and target.iqn == iqn:
                 return target
         return None
 
