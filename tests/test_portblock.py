@@ -438,3 +438,23 @@ def test_a_rule_is_managed_where_it_was_made_when_iptables_is_installed_meanwhil
     assert agent("stop", block) == 0
     assert can_connect(host, address)
     assert tagged_rules(host, family) == []
+
+
+def test_the_longest_port_list_on_the_longest_ipv6_address_fits_nfts_comment_limit(host, state_dir):
+    ports = ",".join(str(65535 - n) for n in range(15))          # multiport's 15 slots, 5 digits each
+    address = "fd00:77:ffff:ffff:ffff:ffff:ffff:ff01"
+    host.run("ip", "-6", "addr", "add", f"{address}/128", "dev", "lo", "nodad")
+    for firewall in ("nft", "iptables"):
+        p = {**params(firewall, "block", ip=address, portno=ports), "method": "reject"}
+        start = run_agent("portblock", "start", p, ns=host, state=state_dir)
+        assert start.rc == 0, start
+        assert run_agent("portblock", "monitor", {**p, "status_check": "rule"}, ns=host, state=state_dir,
+                         meta={"interval": "10000"}).rc == 0
+        assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+        assert tagged_rules(host, 6) == []
+
+
+def test_ports_are_ascii_digits(host, state_dir):
+    result = run_agent("portblock", "validate-all", params("nft", "block", portno="\u0663\u0662\u0666\u0660"),
+                       ns=host, state=state_dir)
+    assert result.rc == 6 and "port" in result.exit_reason

@@ -81,7 +81,7 @@ class PortSet:
         ranges = []
         for item in text.replace(" ", "").split(","):
             low, colon, high = item.partition(":")
-            if not low.isdigit() or (colon and not high.isdigit()):
+            if not (low.isascii() and low.isdigit()) or (colon and not (high.isascii() and high.isdigit())):
                 raise ValueError(f"{text!r} is not a port list (e.g. 3260 or 3260,3262:3270)")
             first, last = int(low), int(high) if colon else int(low)
             if not (1 <= first <= 65535 and 1 <= last <= 65535) or first > last:

@@ -103,10 +103,8 @@ class TgtdAgent(ocf.Agent):
             os.close(fd)
         return None if l_type == fcntl.F_UNLCK else max(pid, 0)
 
-    def control(self, answer_within: float | None = None) -> TgtdControl:
-        deadline = self.deadline if answer_within is None else \
-            min(self.deadline, time.monotonic() + answer_within)
-        return TgtdControl(self.control_port, deadline)
+    def control(self) -> TgtdControl:
+        return TgtdControl(self.control_port, self.deadline)
 
     # ---------------------------------------------------------------- actions
 

@@ -28,6 +28,7 @@ from ..proc import find_binary
 
 FIREWALLS = ("auto", "iptables", "iptables-nft", "iptables-legacy", "nft", "python-iptables")
 TAG_PREFIX = "tgtha-portblock"
+MAX_COMMENT = 128        # nft's limit for a rule comment (iptables' is 256)
 
 
 class BlockRule:
@@ -64,7 +65,13 @@ class BlockRule:
 
     @property
     def tag(self) -> str:
-        return f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{self.method}"
+        """The rule's comment: what it is, readable, within nft's 128 bytes (a long
+        port list on an IPv6 network is longer: then a digest of the same text)."""
+        full = f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{self.method}"
+        if len(full) <= MAX_COMMENT:
+            return full
+        from ..iscsi_names import sha256_hex
+        return f"{TAG_PREFIX}:{self.protocol}:{self.method}:sha256-{sha256_hex(full.encode())[:48]}"
 
     def __str__(self) -> str:
         side = "to" if self.matches_destination else "from"
