@@ -39,31 +39,36 @@ def close_sessions(ctl: TgtdControl, target: Target, portals: list[tuple[Network
         for connection in nexus.connections:
             ctl.delete_connection(target.tid, nexus.sid, connection.cid)
     current = _wait_for_no_sessions(ctl, target, min(time.monotonic() + POLITE_CLOSE_S, deadline))
-    if current is None or not current.nexuses:
-        return
+    # tgt may stop listing a session whose socket still holds a full send queue
+    # (its close waits for it), so the kernel decides what is left, not tgt's list.
     from .netaddr import PortSet
     from .sockdiag import SocketDestroyUnsupported, close_sockets
-    peers = sorted({peer for n in current.nexuses for c in n.connections
+    sessions = target.nexuses + (current.nexuses if current is not None else [])
+    peers = sorted({peer for n in sessions for c in n.connections
                     if (peer := _peer(c.address)) is not None}, key=str)
-    if not portals or all(_wildcard(p) for p, _ in portals):
-        portals = [(Network.parse(address), port) for address, port in ctl.portals()] or portals
+    # The target's own addresses select exactly its connections; tgtd's portals
+    # serve every target, so there only its initiators' connections are taken.
+    own = [(portal, port) for portal, port in portals if not _wildcard(portal)]
+    shared = [] if own else [(Network.parse(address), port) for address, port in ctl.portals()] \
+        or [(Network.parse("0.0.0.0"), 3260)]
+    selections = [(portal, port, None) for portal, port in own]
+    for portal, port in shared:
+        if peers:
+            selections += [(Network.parse("0.0.0.0/0" if portal.family == 4 else "::/0"), port, peers)]
+            if _wildcard(portal):   # tgt's wildcard listeners take both families
+                selections += [(Network.parse("::/0" if portal.family == 4 else "0.0.0.0/0"), port, peers)]
     closed, left = 0, []
-    for portal, port in portals or [(Network.parse("0.0.0.0"), 3260)]:
-        if _wildcard(portal) and not peers:
-            continue        # nothing tells this target's connections from the others'
-        locals_ = [Network.parse("0.0.0.0/0"), Network.parse("::/0")] if _wildcard(portal) else [portal]
-        for local in locals_:
-            try:
-                count, remaining = close_sockets(local, PortSet.parse(str(port)), deadline,
-                                                 peers=peers if _wildcard(portal) else None)
-            except SocketDestroyUnsupported as err:
-                ocf.log_warning(f"cannot destroy connections of {target.iqn}: {err}")
-                continue
-            closed += count
-            left += remaining
+    for local, port, only_peers in selections:
+        try:
+            count, remaining = close_sockets(local, PortSet.parse(str(port)), deadline, peers=only_peers)
+        except SocketDestroyUnsupported as err:
+            ocf.log_warning(f"cannot destroy connections of {target.iqn}: {err}")
+            continue
+        closed += count
+        left += remaining
     if closed:
-        wildcard = " (wildcard portal: sessions to other targets from those hosts reconnect too;" \
-                   " set portals to the target's address)" if any(_wildcard(p) for p, _ in portals) else ""
+        wildcard = "" if own else " (no own portal known: sessions to other targets from those hosts" \
+                                  " reconnect too; set portals to the target's address)"
         ocf.log_info(f"{target.iqn}: closed {closed} connection(s) from "
                      f"{', '.join(str(p.address) for p in peers) or 'its initiators'}{wildcard}")
     if left:
