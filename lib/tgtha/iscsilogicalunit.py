@@ -19,7 +19,7 @@ import time
 from . import ocf_runtime as ocf
 from .iscsi_names import sha256_hex
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
-from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
+from .tgtd import TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable
 from .tgt_agent import TgtAgent, require_tgtd
 
 TYPE_CHECKING = False
@@ -233,9 +233,9 @@ class ISCSILogicalUnit(TgtAgent):
             target = ctl.target_by_iqn(target_iqn)
             if target is not None and lun in target.luns:
                 self._delete(ctl, target)
+        except TgtdNotRunning:
+            return ocf.SUCCESS
         except TgtdUnreachable as err:
-            if "not running" in str(err):
-                return ocf.SUCCESS
             raise OCFError(ERR_GENERIC, f"cannot stop LUN {lun} of {target_iqn}: {err}") from None
         except TgtdError as err:
             raise OCFError(ERR_GENERIC, f"cannot stop LUN {lun} of {target_iqn}: {err}") from None

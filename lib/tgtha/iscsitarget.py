@@ -20,7 +20,7 @@ from . import ocf_runtime as ocf
 from .iscsi_names import name_problem, parse_portal
 from .netaddr import Network
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
-from .tgtd import TgtdControl, TgtdError, TgtdUnreachable
+from .tgtd import TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable
 from .tgt_agent import TgtAgent, require_tgtd
 
 TYPE_CHECKING = False
@@ -166,9 +166,9 @@ class ISCSITarget(TgtAgent):
             if target is not None:
                 self._teardown(ctl, target)
             self._release_own_account(ctl)
+        except TgtdNotRunning:
+            return ocf.SUCCESS  # no tgtd, no target
         except TgtdUnreachable as err:
-            if "not running" in str(err):
-                return ocf.SUCCESS  # no tgtd, no target
             raise OCFError(ERR_GENERIC, f"cannot stop target {iqn}: {err}") from None
         except TgtdError as err:
             raise OCFError(ERR_GENERIC, f"cannot stop target {iqn}: {err}") from None

@@ -244,17 +244,15 @@ class TgtdAgent(ocf.Agent):
     def _shut_down(self, ctl: TgtdControl) -> None:
         """The orderly way out: no new connection, no session, no target, then exit."""
         from .sessions import close_sessions
-        from .netaddr import Network
         ctl.set_system_state("offline")       # tgtd now closes every new connection at accept
         targets = ctl.targets()
         if targets:
             ocf.log_warning(f"stopping tgtd with {len(targets)} target(s) still defined: "
                             + ", ".join(t.iqn for t in targets))
-            portals = [(Network.parse(address), port) for address, port in ctl.portals()]
             for target in targets:
                 ctl.set_target_state(target.tid, "offline")
             for target in targets:
-                close_sessions(ctl, target, portals, ctl.deadline)
+                close_sessions(ctl, target, [], ctl.deadline)   # through tgtd's own portals
             for target in targets:
                 ctl.delete_target(target.tid)
         ctl.shut_down()

@@ -13,7 +13,7 @@ from . import accounts
 from . import ocf_runtime as ocf
 from .ocf_runtime import ERR_GENERIC, OCFError
 from .tgt_agent import TgtAgent, require_tgtd
-from .tgtd import TgtdError, TgtdUnreachable
+from .tgtd import TgtdError, TgtdNotRunning, TgtdUnreachable
 
 
 class Tgtuser(TgtAgent):
@@ -88,9 +88,9 @@ class Tgtuser(TgtAgent):
                           "iSCSITarget resources (see the tgtuser metadata).")
                 ctl.delete_account(user)
                 accounts.forget_account(port, user)
+        except TgtdNotRunning:
+            return ocf.SUCCESS  # no tgtd, no account
         except TgtdUnreachable as err:
-            if "not running" in str(err):
-                return ocf.SUCCESS  # no tgtd, no account
             raise OCFError(ERR_GENERIC, f"cannot delete account {user}: {err}") from None
         except TgtdError as err:
             raise OCFError(ERR_GENERIC, f"cannot delete account {user}: {err}") from None
