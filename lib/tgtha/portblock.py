@@ -99,8 +99,11 @@ class Portblock(ocf.Agent):
     @property
     def method(self) -> str:
         value = self.param("method")
-        if value not in ("drop", "reject"):
-            raise OCFError(ERR_CONFIGURED, f"method={value!r}: must be drop or reject")
+        if value not in ("drop", "reject", "silent"):
+            raise OCFError(ERR_CONFIGURED, f"method={value!r}: must be drop, reject or silent")
+        if value == "silent" and (self.protocol != "tcp" or self.direction != "both"):
+            # in alone lets the resets of closed connections out; out alone lets clients reach the service
+            raise OCFError(ERR_CONFIGURED, "method=silent needs protocol=tcp and direction=both")
         return value
 
     @property
@@ -146,6 +149,10 @@ class Portblock(ocf.Agent):
         from .firewall import BlockRule
         chains = {"in": ["INPUT"], "out": ["OUTPUT"], "both": ["INPUT", "OUTPUT"]}[self.direction]
         protocol, ports, network, method = self.protocol, self.ports, self.network, self.method
+        if method == "silent":
+            # Clients' packets dropped; the service's side rejected (a local reset), resets kept in.
+            return [BlockRule("INPUT", protocol, ports, network, "drop"),
+                    BlockRule("OUTPUT", protocol, ports, network, "reject", resets_pass=False)]
         return [BlockRule(chain, protocol, ports, network, method) for chain in chains]
 
     @property
@@ -360,49 +367,56 @@ class Portblock(ocf.Agent):
         """"all", "none" or "some" of our rules are in the firewall."""
         firewall, deadline = self.firewall, self.deadline
         with firewall.locked(deadline):
-            counts = [firewall.count(rule, deadline) for rule in self.rules]
+            counts = firewall.counts(self.rules, deadline)
         if all(counts):
             return "all"
         return "some" if any(counts) else "none"
 
     def _block(self, stopping_unblock: bool) -> None:
         rules, firewall, deadline = self.rules, self.firewall, self.deadline
-        reset_first = None
-        if stopping_unblock and self.protocol == "tcp" and self.reset_local_on_unblock_stop:
+        resetting = stopping_unblock and self.protocol == "tcp" and self.reset_local_on_unblock_stop
+        temporary: list[BlockRule] = []
+        if resetting:
             from .firewall import BlockRule
-            reset_first = BlockRule("OUTPUT", "tcp", self.ports, self.network, "reject")
+            reset = BlockRule("OUTPUT", "tcp", self.ports, self.network, "reject",
+                              resets_pass=self.method != "silent")
+            if reset.tag not in {r.tag for r in rules}:
+                temporary = [reset]     # only while the connections close
         with firewall.locked(deadline):
-            if reset_first is not None:
-                self._ensure_count(reset_first, 1)
-            for rule in rules:
-                self._ensure_count(rule, 1)
-        if self.protocol == "tcp" and (self.close_connections or reset_first is not None):
+            self._ensure_counts(temporary, rules, [])
+        if self.protocol == "tcp" and (self.close_connections or resetting):
             self._close_connections()
-        if reset_first is not None and reset_first.tag not in {r.tag for r in rules
-                                                                if r.chain == "OUTPUT"}:
+        if temporary:
             with firewall.locked(deadline):
-                self._ensure_count(reset_first, 0)
+                self._ensure_counts([], [], temporary)
 
     def _unblock(self) -> None:
-        firewall, deadline = self.firewall, self.deadline
-        with firewall.locked(deadline):
-            for rule in self.rules:
-                self._ensure_count(rule, 0)
+        with self.firewall.locked(self.deadline):
+            self._ensure_counts([], [], self.rules)
 
-    def _ensure_count(self, rule: BlockRule, wanted: int) -> None:
-        """Make the firewall hold exactly ``wanted`` (0 or 1) copies of ``rule``, then check."""
+    def _ensure_counts(self, first: list[BlockRule], present: list[BlockRule],
+                       absent: list[BlockRule]) -> None:
+        """Make the firewall hold exactly one copy of each rule in ``first`` and
+        ``present`` (``first`` inserted before the others) and none of ``absent``.
+        One listing before; the changes' exit status is the proof, except for a
+        backend whose changes must be read back."""
         firewall, deadline = self.firewall, self.deadline
-        count = firewall.count(rule, deadline)
-        if count == wanted:
+        wanted = [(rule, 1) for rule in first + present] + [(rule, 0) for rule in absent]
+        counts = firewall.counts([rule for rule, _ in wanted], deadline)
+        changed = False
+        for (rule, want), count in zip(wanted, counts):
+            if count < want:
+                firewall.insert(rule, deadline)
+            for _extra in range(count - want):
+                firewall.delete(rule, deadline)
+            changed |= count != want
+        if not (changed and firewall.changes_need_read_back):
             return
-        if count < wanted:
-            firewall.insert(rule, deadline)
-        for _extra in range(count - wanted):
-            firewall.delete(rule, deadline)
-        after = firewall.count(rule, deadline)
-        if after != wanted:
-            raise OCFError(ERR_GENERIC, f"{firewall.name}: expected {wanted} cop{'y' if wanted == 1 else 'ies'}"
-                                        f" of rule [{rule}], found {after} after the change")
+        after = firewall.counts([rule for rule, _ in wanted], deadline)
+        for (rule, want), count in zip(wanted, after):
+            if count != want:
+                raise OCFError(ERR_GENERIC, f"{firewall.name}: expected {want} cop{'y' if want == 1 else 'ies'}"
+                                            f" of rule [{rule}], found {count} after the change")
 
     # -------------------------------------------------------- the connections
 

@@ -39,14 +39,16 @@ class BlockRule:
     method "drop" drops; "reject" answers TCP with a reset (UDP: port unreachable).
     """
 
-    __slots__ = ("chain", "protocol", "ports", "network", "method")
+    __slots__ = ("chain", "protocol", "ports", "network", "method", "resets_pass")
 
-    def __init__(self, chain: str, protocol: str, ports: PortSet, network: Network, method: str) -> None:
+    def __init__(self, chain: str, protocol: str, ports: PortSet, network: Network, method: str,
+                 resets_pass: bool = True) -> None:
         self.chain = chain
         self.protocol = protocol
         self.ports = ports
         self.network = network
         self.method = method
+        self.resets_pass = resets_pass
 
     @property
     def family(self) -> int:
@@ -61,17 +63,20 @@ class BlockRule:
         """OUTPUT TCP rules let RST segments pass: when the agent closes a
         blocked connection, the kernel's reset must reach the client, so it
         reconnects (to the new node) at once instead of timing out."""
-        return self.chain == "OUTPUT" and self.protocol == "tcp"
+        return self.chain == "OUTPUT" and self.protocol == "tcp" and self.resets_pass
 
     @property
     def tag(self) -> str:
         """The rule's comment: what it is, readable, within nft's 128 bytes (a long
         port list on an IPv6 network is longer: then a digest of the same text)."""
-        full = f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{self.method}"
+        # A reject rule that keeps resets in is a different rule ("silent").
+        method = "silent" if self.chain == "OUTPUT" and self.protocol == "tcp" and not self.resets_pass \
+            else self.method
+        full = f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{method}"
         if len(full) <= MAX_COMMENT:
             return full
         from ..iscsi_names import sha256_hex
-        return f"{TAG_PREFIX}:{self.protocol}:{self.method}:sha256-{sha256_hex(full.encode())[:48]}"
+        return f"{TAG_PREFIX}:{self.protocol}:{method}:sha256-{sha256_hex(full.encode())[:48]}"
 
     def __str__(self) -> str:
         side = "to" if self.matches_destination else "from"
@@ -96,9 +101,18 @@ class Firewall:
             return node_mutex
         return _Both(node_mutex, FileMutex(xtables_lock_path(), deadline))
 
+    # Does a change that returned without error prove itself? The commands' exit
+    # status does (under the node mutex nothing of ours runs in between);
+    # python-iptables was measured losing rules silently, so its changes are read back.
+    changes_need_read_back = False
+
     def count(self, rule: BlockRule, deadline: float) -> int:
         """How many copies of ``rule`` the firewall holds."""
         raise NotImplementedError
+
+    def counts(self, rules: list[BlockRule], deadline: float) -> list[int]:
+        """``count`` of each rule; backends override it to read the firewall once."""
+        return [self.count(rule, deadline) for rule in rules]
 
     def insert(self, rule: BlockRule, deadline: float) -> None:
         raise NotImplementedError

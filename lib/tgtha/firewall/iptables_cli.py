@@ -32,6 +32,19 @@ class IptablesCommand(Firewall):
             raise OCFError(ERR_GENERIC, f"{self.program} -S {rule.chain} failed: {listing.err.strip()}")
         return sum(1 for line in listing.out.splitlines() if _comment_of(line) == rule.tag)
 
+    def counts(self, rules: list[BlockRule], deadline: float) -> list[int]:
+        """One listing of the whole filter table for every rule (one process, not one per rule)."""
+        listing = self._run(["-t", "filter", "-S"], deadline)
+        if not listing.ok:
+            raise OCFError(ERR_GENERIC, f"{self.program} -S failed: {listing.err.strip()}")
+        held: dict[tuple[str, str], int] = {}
+        for line in listing.out.splitlines():
+            words = line.split(None, 2)
+            if len(words) >= 2 and words[0] == "-A":
+                key = (words[1], _comment_of(line))
+                held[key] = held.get(key, 0) + 1
+        return [held.get((rule.chain, rule.tag), 0) for rule in rules]
+
     def insert(self, rule: BlockRule, deadline: float) -> None:
         self._change("-I", rule, deadline)
 

@@ -36,6 +36,24 @@ class Nft(Firewall):
     def count(self, rule: BlockRule, deadline: float) -> int:
         return len(self._handles(rule, deadline))
 
+    def counts(self, rules: list[BlockRule], deadline: float) -> list[int]:
+        """One listing of our table for every rule."""
+        listing = run(["nft", "list", "table", TABLE], deadline)
+        if not listing.ok:
+            if "No such file or directory" in listing.err:
+                return [0] * len(rules)  # table not made yet: no rules
+            raise OCFError(ERR_GENERIC, f"nft list table {TABLE} failed: {listing.err.strip()}")
+        held: dict[tuple[str, str], int] = {}
+        chain = ""
+        for line in listing.out.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "chain":
+                chain = words[1]
+            elif 'comment "' in line:
+                tag = line.rsplit('comment "', 1)[1].split('"', 1)[0]
+                held[(chain, tag)] = held.get((chain, tag), 0) + 1
+        return [held.get((CHAINS[rule.chain][0], rule.tag), 0) for rule in rules]
+
     def insert(self, rule: BlockRule, deadline: float) -> None:
         chain, hook = CHAINS[rule.chain]
         script = (f"add table {TABLE}; "

@@ -20,6 +20,7 @@ from .iptables_cli import rule_spec
 class PythonIptables(Firewall):
     name = "python-iptables"
     needs_xtables_lock = True
+    changes_need_read_back = True
 
     def __init__(self, iptc, family: int) -> None:
         self.iptc = iptc
