@@ -33,6 +33,12 @@ class SharedDisks:
             disk.truncate(size_bytes)
         return path
 
+    def directory(self, name: str) -> Path:
+        """A shared directory (portblock's tickle_dir lives on the shared storage, as stock's does)."""
+        path = self.dir / name
+        path.mkdir(exist_ok=True)
+        return path
+
     def remove(self) -> None:
         if self.kind == "tmpfs":
             subprocess.run(["umount", "-l", str(self.dir)], check=False)

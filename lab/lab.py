@@ -8,6 +8,7 @@ LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=100 LAB_SETTLE_TIMEOUT=120
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
+LAB_BLOCK=silent|reject (tgtha portblock's method, see topology.py)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from cluster import CLIENT_IP, Cluster, wait_for
 from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
-from report import summarize, table, write_json, write_timeline
+from report import representative, summarize, table, write_gantt, write_json, write_timeline
 from scenarios import RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
 from topology import CHAP_USER, Target, Topology
 
@@ -50,12 +51,13 @@ class Settings:
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         self.disks = env.get("LAB_DISKS") or "tmpfs"
         self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
+        self.block_method = env.get("LAB_BLOCK") or "silent"
         # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS]
-        if problems or self.disks not in ("tmpfs", "host") or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
+        if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
@@ -177,6 +179,7 @@ class Run:
         return {
             "stack": settings.stack,
             "config_tool": settings.config_tool,
+            "block_method": settings.block_method if settings.stack == "tgtha" else "stock (INPUT DROP)",
             "interrupted": interrupted,
             "nodes": settings.nodes,
             "targets": settings.targets,
@@ -213,13 +216,19 @@ class Run:
         write_json(report, out / "report.json")
         write_timeline(out / "timeline.png", self.load_start, self.initiators,
                        [r for records in self.results.values() for r in records])
+        gantts = []
+        for scenario, records in self.results.items():
+            chosen = representative(records)
+            if chosen is not None:
+                write_gantt(out / f"gantt-{scenario}.png", chosen)
+                gantts.append(str(out / f"gantt-{scenario}.png"))
         print()
         print(("INTERRUPTED: what completed. " if interrupted else "")
               + f"tgtha lab report: stack={report['stack']}, {report['nodes']} nodes, {report['targets']} "
               f"targets, {report['luns']} LUNs; {report['total_io_completed']} I/Os verified, "
               f"{report['prober_attempts']} unauthenticated login attempts")
         print(table(report))
-        print(f"\n{out / 'report.json'}\n{out / 'timeline.png'}", flush=True)
+        print("\n".join(["", str(out / "report.json"), str(out / "timeline.png"), *gantts]), flush=True)
 
 
 def main() -> int:
@@ -251,7 +260,8 @@ def main() -> int:
                 paths.append(disks.file(f"t{index}-lun{lun}.img", LUN_SIZE))
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
-        topology = Topology(settings.stack, node_names, targets, password)
+        topology = Topology(settings.stack, node_names, targets, password,
+                            block_method=settings.block_method, tickle_dir=str(disks.directory("tickle")))
         planned = len(settings.scenarios) * settings.failovers
         progress(f"stack={settings.stack} config={settings.config_tool}: {settings.nodes} nodes, "
                  f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "

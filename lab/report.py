@@ -43,6 +43,8 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "cluster_s": f.cluster.get("cluster_s"),
             "cluster": f.cluster,
             "pauses_s": {k: _round(v) for k, v in f.pauses.items()},
+            "pause_spans_s": f.pause_spans,
+            "actions": f.actions,
             "unsettled": f.unsettled,
             "stalled": f.stalled,
             "io_errors": f.io_errors,
@@ -126,5 +128,56 @@ def write_timeline(path: Path, lab_start: float, initiators, failovers: list[Fai
     fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=4)
     fig.suptitle("tgtha lab: initiator I/O through failovers", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+OP_COLOURS = {"stop": "tab:red", "start": "tab:green", "monitor": "tab:orange"}
+
+
+def representative(failovers: list[Failover]) -> Failover | None:
+    """The failover whose longest pause is the scenario's median one (settled ones only)."""
+    settled = sorted((f for f in failovers if f.settled_s is not None and f.pauses and f.actions),
+                     key=lambda f: max(f.pauses.values()))
+    return settled[len(settled) // 2] if settled else None
+
+
+def write_gantt(path: Path, failover: Failover) -> None:
+    """One failover as a Gantt chart: every agent action (bars per resource and
+    node), the gaps between them (Pacemaker's own time), and each initiator's pause."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: list[str] = []
+    for action in failover.actions:
+        label = f"{action['resource']} @{action['node']}"
+        if label not in rows:
+            rows.append(label)
+    pauses = sorted(failover.pause_spans.items())
+    height = 0.22 * (len(rows) + len(pauses)) + 1.6
+    fig, axis = plt.subplots(figsize=(12, height))
+    for action in failover.actions:
+        y = rows.index(f"{action['resource']} @{action['node']}")
+        axis.barh(y, max(action["took_s"], 0.01), left=action["at_s"], height=0.7,
+                  color=OP_COLOURS.get(action["op"], "tab:grey"))
+    for i, (name, (began, ended)) in enumerate(pauses):
+        axis.barh(len(rows) + i, ended - began, left=began, height=0.7, color="black", alpha=0.6)
+    cluster = failover.cluster
+    for key, colour in (("detection_s", "tab:purple"), ("first_stop_s", "tab:red"),
+                        ("last_unblock_s", "tab:green")):
+        if cluster.get(key) is not None:
+            axis.axvline(cluster[key], color=colour, linestyle="--", linewidth=0.8)
+    axis.set_yticks(range(len(rows) + len(pauses)),
+                    rows + [f"pause {name}" for name, _ in pauses], fontsize=6)
+    axis.invert_yaxis()
+    axis.set_xlabel("seconds since the failover began (bars: red stop, green start, orange failed monitor;"
+                    " black: initiator pause; dashed: detection, first stop, last unblock)", fontsize=7)
+    worst = max(failover.pauses.values()) if failover.pauses else 0
+    axis.set_title(f"{failover.action}: cluster side {cluster.get('cluster_s')} s, longest pause {worst:.2f} s",
+                   fontsize=9)
+    axis.tick_params(axis="x", labelsize=7)
+    axis.grid(axis="x", linewidth=0.3)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

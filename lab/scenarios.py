@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cluster import Cluster, wait_for
 from initiators import LunInitiator, UnauthenticatedProber
-from timeline import cluster_side, read_events
+from timeline import cluster_side, read_events, read_spans
 from topology import Topology
 
 RESUME_TIMEOUT_S = 60.0
@@ -41,6 +41,8 @@ class Failover:
     injected_failures: list[str] = field(default_factory=list)
     started_wall: float = 0.0                   # epoch, to read the Pacemaker logs against
     cluster: dict = field(default_factory=dict)  # timeline.cluster_side()
+    actions: list[dict] = field(default_factory=list)   # timeline.Span.relative_to(), in order
+    pause_spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # seconds from start
     unsettled: dict | None = None               # what the cluster looked like, and the recovery
 
 
@@ -132,7 +134,10 @@ class Lab:
         wait_for(lambda: all(i.log.last_completion() > settled_at for i in affected), RESUME_TIMEOUT_S)
         end = time.monotonic()
         for initiator in affected:
-            record.pauses[initiator.lun.name] = longest_gap(initiator.log.completions, record.started, end)
+            began, ended = longest_gap(initiator.log.completions, record.started, end)
+            record.pauses[initiator.lun.name] = ended - began
+            record.pause_spans[initiator.lun.name] = (round(began - record.started, 3),
+                                                      round(ended - record.started, 3))
             if initiator.log.last_completion() <= settled_at:
                 record.stalled.append(initiator.lun.name)
         record.io_errors = sum(len(i.log.errors) for i in affected) - errors_before
@@ -145,9 +150,13 @@ class Lab:
              else record.failed_actions).append(text)
         targets = [t for t in self.topology.targets if t.group in affected_groups]
         members = {p.id for t in targets for p in self.topology.group_members(t)}
-        record.cluster = cluster_side(read_events(self.cluster.pacemaker_logs(), record.started_wall),
+        logs = self.cluster.pacemaker_logs()
+        record.cluster = cluster_side(read_events(logs, record.started_wall),
                                       record.started_wall, members,
                                       {f"p_unblock_{t.name}" for t in targets}, victim)
+        until = record.started_wall + (end - record.started)
+        record.actions = [span.relative_to(record.started_wall)
+                          for span in read_spans(logs, record.started_wall, until)]
         return record
 
     # ------------------------------------------------------------ when a failover does not settle
@@ -213,14 +222,14 @@ class Lab:
             hidden[0].rename(hidden[1])
 
 
-def longest_gap(completions: list[float], start: float, end: float) -> float:
-    """The longest time without a completed I/O within [start, end]; a gap that
-    began before ``start`` counts from its beginning."""
+def longest_gap(completions: list[float], start: float, end: float) -> tuple[float, float]:
+    """The longest time without a completed I/O within [start, end], as (from, to);
+    a gap that began before ``start`` counts from its beginning."""
     times = completions[:]                      # the initiator's thread appends meanwhile
     first = bisect.bisect_right(times, start)
     last = bisect.bisect_right(times, end)
     edges = [times[first - 1] if first else start, *times[first:last], end]
-    return max(b - a for a, b in zip(edges, edges[1:]))
+    return max(zip(edges, edges[1:]), key=lambda gap: gap[1] - gap[0])
 
 
 # ---------------------------------------------------------------- the scenarios

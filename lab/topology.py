@@ -65,6 +65,8 @@ class Topology:
     nodes: list[str]
     targets: list[Target]
     chap_password: str
+    block_method: str = "silent"    # tgtha portblock: "silent" or "reject"
+    tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
 
     # ------------------------------------------------------------ the model
 
@@ -88,9 +90,11 @@ class Topology:
         provider = "tgtha" if self.stack == "tgtha" else "heartbeat"
         block = {"protocol": "tcp", "portno": "3260", "ip": target.vip}
         if self.stack == "tgtha":
-            # Our portblock: REJECT with tcp-reset both ways and close the sockets,
-            # so tgtd's connections (and their Send-Q) go at once.
-            block.update(method="reject", direction="both")
+            # Our portblock: tgtd's side rejected (its connections and their Send-Q go
+            # at once) and, with "silent", the initiators told nothing until the
+            # unblock's tickle ACKs, so they reconnect then instead of backing off
+            # after refused attempts while the group moves.
+            block.update(method=self.block_method, direction="both")
         account = {"incoming_username": CHAP_USER}
         if self.stack == "stock":
             # Stock has no shared account: every target makes (and deletes) the same one.
@@ -107,8 +111,10 @@ class Topology:
             members.append(Primitive(f"p_lun_{target.name}_{lun}", f"ocf:{provider}:iSCSILogicalUnit",
                                      {"implementation": "tgt", "target_iqn": target.iqn, "lun": str(lun),
                                       "path": str(path)}))
-        members.append(Primitive(f"p_unblock_{target.name}", f"ocf:{provider}:portblock",
-                                 {**block, "action": "unblock"}))
+        unblock = {**block, "action": "unblock"}
+        if self.stack == "tgtha" and self.tickle_dir:
+            unblock["tickle_dir"] = self.tickle_dir
+        members.append(Primitive(f"p_unblock_{target.name}", f"ocf:{provider}:portblock", unblock))
         return members
 
     @property
