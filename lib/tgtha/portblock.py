@@ -403,14 +403,11 @@ class Portblock(ocf.Agent):
         firewall, deadline = self.firewall, self.deadline
         wanted = [(rule, 1) for rule in first + present] + [(rule, 0) for rule in absent]
         counts = firewall.counts([rule for rule, _ in wanted], deadline)
-        changed = False
-        for (rule, want), count in zip(wanted, counts):
-            if count < want:
-                firewall.insert(rule, deadline)
-            for _extra in range(count - want):
-                firewall.delete(rule, deadline)
-            changed |= count != want
-        if not (changed and firewall.changes_need_read_back):
+        inserts = [rule for (rule, want), count in zip(wanted, counts) if count < want]
+        deletes = [rule for (rule, want), count in zip(wanted, counts) for _extra in range(count - want)]
+        if inserts or deletes:
+            firewall.apply(inserts, deletes, deadline)
+        if not ((inserts or deletes) and firewall.changes_need_read_back):
             return
         after = firewall.counts([rule for rule, _ in wanted], deadline)
         for (rule, want), count in zip(wanted, after):

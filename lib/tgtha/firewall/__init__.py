@@ -117,6 +117,14 @@ class Firewall:
     def insert(self, rule: BlockRule, deadline: float) -> None:
         raise NotImplementedError
 
+    def apply(self, inserts: list[BlockRule], deletes: list[BlockRule], deadline: float) -> None:
+        """Insert (in order) and delete one copy each; backends override it to
+        make every change in one transaction (one process, not one per rule)."""
+        for rule in inserts:
+            self.insert(rule, deadline)
+        for rule in deletes:
+            self.delete(rule, deadline)
+
     def delete(self, rule: BlockRule, deadline: float) -> None:
         """Remove one copy of ``rule``."""
         raise NotImplementedError

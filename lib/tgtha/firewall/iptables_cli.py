@@ -5,7 +5,7 @@ import time
 
 from ..ocf_runtime import ERR_GENERIC, ERR_INSTALLED, OCFError
 from ..proc import find_binary, run
-from . import BlockRule, Firewall
+from . import TAG_PREFIX, BlockRule, Firewall
 
 
 class IptablesCommand(Firewall):
@@ -51,6 +51,23 @@ class IptablesCommand(Firewall):
     def delete(self, rule: BlockRule, deadline: float) -> None:
         self._change("-D", rule, deadline)
 
+    def apply(self, inserts: list[BlockRule], deletes: list[BlockRule], deadline: float) -> None:
+        """All changes through ``<program>-restore --noflush``: one process, one
+        atomic commit (with the nft variant, one nftables transaction)."""
+        if len(inserts) + len(deletes) < 2:
+            super().apply(inserts, deletes, deadline)
+            return
+        lines = ["*filter"]
+        lines += [f"-I {rule.chain} {_restore_words(rule)}" for rule in inserts]
+        lines += [f"-D {rule.chain} {_restore_words(rule)}" for rule in deletes]
+        lines.append("COMMIT\n")
+        wait_s = max(1, int(deadline - time.monotonic()))
+        result = run([f"{self.program}-restore", "--noflush", "-w", str(wait_s)], deadline,
+                     stdin="\n".join(lines).encode())
+        if not result.ok:
+            raise OCFError(ERR_GENERIC, f"{self.program}-restore: cannot change"
+                                        f" {', '.join(map(str, inserts + deletes))}: {result.err.strip()}")
+
     def _change(self, op: str, rule: BlockRule, deadline: float) -> None:
         result = self._run(["-t", "filter", op, rule.chain, *rule_spec(rule)], deadline)
         if not result.ok:
@@ -72,6 +89,11 @@ def rule_spec(rule: BlockRule) -> list[str]:
         return spec + ["-j", "REJECT", "--reject-with", "tcp-reset"]
     unreachable = "icmp6-port-unreachable" if rule.family == 6 else "icmp-port-unreachable"
     return spec + ["-j", "REJECT", "--reject-with", unreachable]
+
+
+def _restore_words(rule: BlockRule) -> str:
+    """``rule_spec`` as one line of iptables-restore input (a tag has no blanks or quotes)."""
+    return " ".join(f'"{word}"' if word.startswith(TAG_PREFIX) else word for word in rule_spec(rule))
 
 
 def _comment_of(line: str) -> str:

@@ -67,6 +67,41 @@ class Nft(Firewall):
             chain = CHAINS[rule.chain][0]
             self._nft(f"delete rule {TABLE} {chain} handle {handles[0]}", f"cannot delete {rule}", deadline)
 
+    def apply(self, inserts: list[BlockRule], deletes: list[BlockRule], deadline: float) -> None:
+        """Every change in one ``nft -f`` script: one process, one transaction."""
+        if len(inserts) + len(deletes) < 2:
+            super().apply(inserts, deletes, deadline)
+            return
+        script = [f"add table {TABLE}"]
+        for rule in inserts:
+            chain, hook = CHAINS[rule.chain]
+            script.append(f"add chain {TABLE} {chain} {{ type filter hook {hook} priority filter - 10;"
+                          " policy accept; }")
+            script.append(f"insert rule {TABLE} {chain} {rule_expression(rule)}")
+        if deletes:
+            handles = self._all_handles(deadline)
+            for rule in deletes:
+                chain = CHAINS[rule.chain][0]
+                found = handles.get((chain, rule.tag), [])
+                if found:
+                    script.append(f"delete rule {TABLE} {chain} handle {found.pop(0)}")
+        self._nft("; ".join(script), f"cannot change {', '.join(map(str, inserts + deletes))}", deadline)
+
+    def _all_handles(self, deadline: float) -> dict[tuple[str, str], list[str]]:
+        listing = run(["nft", "-a", "list", "table", TABLE], deadline)
+        if not listing.ok:
+            return {}
+        handles: dict[tuple[str, str], list[str]] = {}
+        chain = ""
+        for line in listing.out.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "chain":
+                chain = words[1]
+            elif 'comment "' in line and "# handle " in line:
+                tag = line.rsplit('comment "', 1)[1].split('"', 1)[0]
+                handles.setdefault((chain, tag), []).append(line.rsplit(None, 1)[-1])
+        return handles
+
     @staticmethod
     def _nft(script: str, what: str, deadline: float) -> None:
         result = run(["nft", "-f", "-"], deadline, stdin=script.encode())
