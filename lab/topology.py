@@ -126,6 +126,7 @@ class Topology:
     def crm_configuration(self) -> str:
         lines = [f"property stonith-enabled=true node-action-limit={NODE_ACTION_LIMIT}",
                  "rsc_defaults resource-stickiness=200",
+                 "op_defaults record-pending=false",
                  f"primitive fence_lab stonith:fence_tgthalab params pcmk_host_list=\"{' '.join(self.nodes)}\""
                  " op monitor interval=30s"]
         previous = None
@@ -151,6 +152,7 @@ class Topology:
         """pcs argument lists (without ``pcs -f FILE``), in order."""
         commands = [["property", "set", "stonith-enabled=true", f"node-action-limit={NODE_ACTION_LIMIT}"],
                     ["resource", "defaults", "update", "resource-stickiness=200"],
+                    ["resource", "op", "defaults", "update", "record-pending=false"],
                     ["stonith", "create", "fence_lab", "fence_tgthalab",
                      f"pcmk_host_list={' '.join(self.nodes)}", "op", "monitor", "interval=30s", "--force"]]
         previous = None
