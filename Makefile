@@ -15,7 +15,7 @@ AGENTS      = $(notdir $(wildcard agents/*))
 DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-agents \
                   pacemaker pacemaker-cli-utils corosync crmsh pcs tini python3-matplotlib \
                   python3 python3-lxml python3-filelock python3-iptables python3-pytest libxml2-utils \
-                  hyperfine qemu-utils qemu-block-extra
+                  hyperfine qemu-utils qemu-block-extra iputils-ping strace
 
 .PHONY: all deps test install uninstall bench clean lab
 

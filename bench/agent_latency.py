@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,11 +27,26 @@ STOCK = Path("/usr/lib/ocf/resource.d/heartbeat")
 NS = f"tgtha-bench-{os.getpid()}"
 
 
+CPU_MS: dict[tuple[str, str], list[float]] = {}     # (agent path, op) -> CPU ms (user+sys) per run
+
+
 def timed(agent: Path, action: str, env: dict[str, str]) -> tuple[float, int]:
+    """Wall ms and rc of one action; its CPU time (the agent and every process
+    it waited for) goes to CPU_MS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     rc = subprocess.run(["ip", "netns", "exec", NS, str(agent), action], env=env,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-    return (time.perf_counter() - began) * 1000, rc
+    wall = (time.perf_counter() - began) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    CPU_MS.setdefault((str(agent), action), []).append(cpu)
+    return wall, rc
+
+
+def cpu_ms(agent: Path, *actions: str) -> float:
+    """Median CPU ms of the actions together (start+stop: the sum of their medians)."""
+    return sum(statistics.median(CPU_MS.get((str(agent), a), [0.0])) for a in actions)
 
 
 def median_ms(samples: list[float]) -> float:
@@ -65,13 +81,17 @@ def measure(agent: Path, params: dict[str, str], runs: int) -> dict[str, float]:
 
 
 def compare(title: str, agent: str, cases, runs: int) -> None:
-    print(f"\n{title}, median of {runs} runs each, ms (ratio = tgtha / stock)")
-    print(f"{'case':40} {'op':11} {'stock':>8} {'tgtha':>8} {'ratio':>6}")
+    print(f"\n{title}, median of {runs} runs each, ms (ratio = tgtha / stock); CPU = user+sys of the"
+          " agent and the processes it ran")
+    print(f"{'case':40} {'op':11} {'stock':>8} {'tgtha':>8} {'ratio':>6} {'CPU stock':>10} {'tgtha':>8}")
     for name, stock_params, our_params in cases:
+        CPU_MS.clear()
         stock = measure(STOCK / agent, stock_params, runs)
         ours = measure(OURS / agent, our_params, runs)
         for op in ("monitor", "start+stop", "meta-data"):
-            print(f"{name:40.40} {op:11} {stock[op]:8.1f} {ours[op]:8.1f} {ours[op] / stock[op]:6.2f}")
+            actions = ("start", "stop") if op == "start+stop" else (op,)
+            print(f"{name:40.40} {op:11} {stock[op]:8.1f} {ours[op]:8.1f} {ours[op] / stock[op]:6.2f}"
+                  f" {cpu_ms(STOCK / agent, *actions):10.1f} {cpu_ms(OURS / agent, *actions):8.1f}")
         if stock["monitor rc"] != ours["monitor rc"]:
             print(f"{'':40} note: monitor rc stock={stock['monitor rc']} tgtha={ours['monitor rc']}")
 
@@ -91,6 +111,11 @@ def iscsitarget_cases():
     shared = {"iqn": "iqn.2026-11.bench.tgtha:t1", "tid": "1", "incoming_username": "shared"}
     return [("own account (stock params)", stock_own, stock_own),
             ("own account [tgtha: shared, tgtuser]", stock_own, shared)]
+
+
+def ipaddr2_cases():
+    params = {"ip": "10.80.0.50", "cidr_netmask": "24", "nic": "bench0"}
+    return [("IPv4 address on a veth (stock params)", params, params)]
 
 
 def logicalunit_cases(backing: str):
@@ -124,7 +149,7 @@ class Tgtd:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--only", choices=["portblock", "iSCSITarget", "iSCSILogicalUnit"])
+    parser.add_argument("--only", choices=["portblock", "IPaddr2", "iSCSITarget", "iSCSILogicalUnit"])
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespace)")
@@ -133,6 +158,12 @@ def main() -> int:
     try:
         if args.only in (None, "portblock"):
             compare("portblock", "portblock", portblock_cases(), args.runs)
+        if args.only in (None, "IPaddr2"):
+            subprocess.run(["ip", "-n", NS, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"],
+                           check=True)
+            for dev in ("bench0", "bench1"):
+                subprocess.run(["ip", "-n", NS, "link", "set", dev, "up"], check=True)
+            compare("IPaddr2", "IPaddr2", ipaddr2_cases(), args.runs)
         if args.only in (None, "iSCSITarget"):
             with Tgtd(), tempfile.TemporaryDirectory() as state:
                 account = env_for(state, {"username": "shared", "password": "Bench-Secret-1"})

@@ -103,7 +103,8 @@ class Topology:
                          "portals": f"{target.vip}:3260", "allowed_initiators": CLIENT_IP, **account}
         members = [
             Primitive(f"p_block_{target.name}", f"ocf:{provider}:portblock", {**block, "action": "block"}),
-            Primitive(f"p_vip_{target.name}", "ocf:heartbeat:IPaddr2",
+            # Ours: same parameters, through rtnetlink instead of ~43 processes per start.
+            Primitive(f"p_vip_{target.name}", f"ocf:{provider}:IPaddr2",
                       {"ip": target.vip, "cidr_netmask": "24", "nic": "eth0"}),
             Primitive(f"p_target_{target.name}", f"ocf:{provider}:iSCSITarget", target_params),
         ]
