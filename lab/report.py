@@ -132,7 +132,7 @@ def write_timeline(path: Path, lab_start: float, initiators, failovers: list[Fai
     plt.close(fig)
 
 
-OP_COLOURS = {"stop": "tab:red", "start": "tab:green", "monitor": "tab:orange"}
+OP_COLOURS = {"stop": "tab:red", "start": "tab:green"}
 
 
 def representative(failovers: list[Failover]) -> Failover | None:
@@ -158,9 +158,8 @@ def write_gantt(path: Path, failover: Failover) -> None:
     height = 0.22 * (len(rows) + len(pauses)) + 1.6
     fig, axis = plt.subplots(figsize=(12, height))
     for action in failover.actions:
-        y = rows.index(f"{action['resource']} @{action['node']}")
-        axis.barh(y, max(action["took_s"], 0.01), left=action["at_s"], height=0.7,
-                  color=OP_COLOURS.get(action["op"], "tab:grey"))
+        axis.barh(rows.index(f"{action['resource']} @{action['node']}"), max(action["took_s"], 0.01),
+                  left=action["at_s"], height=0.7, color=OP_COLOURS.get(action["op"], "tab:grey"))
     for i, (name, (began, ended)) in enumerate(pauses):
         axis.barh(len(rows) + i, ended - began, left=began, height=0.7, color="black", alpha=0.6)
     cluster = failover.cluster
@@ -171,7 +170,7 @@ def write_gantt(path: Path, failover: Failover) -> None:
     axis.set_yticks(range(len(rows) + len(pauses)),
                     rows + [f"pause {name}" for name, _ in pauses], fontsize=6)
     axis.invert_yaxis()
-    axis.set_xlabel("seconds since the failover began (bars: red stop, green start, orange failed monitor;"
+    axis.set_xlabel("seconds since the failover began (bars: red stop, green start;"
                     " black: initiator pause; dashed: detection, first stop, last unblock)", fontsize=7)
     worst = max(failover.pauses.values()) if failover.pauses else 0
     axis.set_title(f"{failover.action}: cluster side {cluster.get('cluster_s')} s, longest pause {worst:.2f} s",
