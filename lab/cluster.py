@@ -176,6 +176,7 @@ class Cluster:
         self._stopping = threading.Event()
         self._booting: set[str] = set()
         self.tearing_down = False
+        self._status_cache: dict[str, tuple[float, ET.Element | None]] = {}
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -328,19 +329,35 @@ class Cluster:
         except (RuntimeError, subprocess.TimeoutExpired):
             return ""
 
+    # The lab polls while a failover runs; each crm_mon costs ~40 ms of CPU and a
+    # CIB query that pacemaker-based serves between the very updates being
+    # measured. One poll asks several questions: they share one status.
+    STATUS_TTL_S = 0.25
+
     def crm_mon(self, node: Node | None = None) -> ET.Element | None:
+        if node is None:
+            try:
+                node = self.any_node()
+            except RuntimeError:
+                return None
+        key = node.name
+        cached = self._status_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.STATUS_TTL_S:
+            return cached[1]
         out = self.crm_mon_text(node)
         try:
-            return ET.fromstring(out) if out.strip() else None
+            status = ET.fromstring(out) if out.strip() else None
         except ET.ParseError:
-            return None
+            status = None
+        self._status_cache[key] = (time.monotonic(), status)
+        return status
 
     def pacemaker_logs(self) -> list[Path]:
         """Each node's Pacemaker log, as the host sees it (kept across the node's reboots)."""
         return [node.dir / "var_log_pacemaker" / "pacemaker.log" for node in self.nodes]
 
     def online_nodes(self, node: Node | None = None) -> set[str]:
-        status = self.crm_mon(node or self.nodes[0])
+        status = self.crm_mon(node)
         if status is None:
             return set()
         return {n.get("name") for n in status.iter("node") if n.get("online") == "true"
