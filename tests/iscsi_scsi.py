@@ -1,4 +1,4 @@
-"""Just enough of an iSCSI initiator to send one SCSI command: MODE SENSE.
+"""Just enough of an iSCSI initiator to send one SCSI command: MODE SENSE, or INQUIRY for a VPD page.
 
 libiscsi's command-line tools print INQUIRY and VPD pages but no mode
 pages, and this kernel has no iSCSI initiator to run sg_modes against. The
@@ -106,6 +106,41 @@ def write_cache_enabled(address: str, target_iqn: str, lun: int) -> bool:
     return bool(page[2] & 0x04)
 
 
+
+
+def vpd_page(address: str, target_iqn: str, lun: int, page: int) -> bytes:
+    """INQUIRY with EVPD: the raw page (libiscsi's iscsi-inq cuts binary designators at a zero byte)."""
+    session = Session(address, target_iqn)
+    try:
+        for attempt in range(3):
+            try:
+                return session.command(lun, bytes([0x12, 0x01, page, 0x00, 0xFF, 0]), 0xFF)
+            except IOError:
+                if attempt == 2:    # UNIT ATTENTION on a new nexus first: ask again
+                    raise
+    finally:
+        session.close()
+    return b""
+
+
+def naa_designators(page83: bytes) -> dict[int, int]:
+    """NAA type -> the designator's value with the type nibble cleared (VPD 0x83 as read)."""
+    found, offset = {}, 4
+    end = 4 + int.from_bytes(page83[2:4], "big")
+    while offset + 4 <= min(end, len(page83)):
+        kind, length = page83[offset + 1] & 0x0F, page83[offset + 3]
+        body = page83[offset + 4:offset + 4 + length]
+        if kind == 3 and body:                 # designator type NAA
+            value = int.from_bytes(body, "big")
+            found[body[0] >> 4] = value & ((1 << (8 * len(body) - 4)) - 1)
+        offset += 4 + length
+    return found
+
+
 if __name__ == "__main__":
+    # ADDRESS IQN LUN: the write cache ("on"/"off"); ADDRESS IQN LUN vpd PAGE: the page in hex.
     import sys
-    print("on" if write_cache_enabled(sys.argv[1], sys.argv[2], int(sys.argv[3])) else "off")
+    if len(sys.argv) > 5 and sys.argv[4] == "vpd":
+        print(vpd_page(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[5], 0)).hex())
+    else:
+        print("on" if write_cache_enabled(sys.argv[1], sys.argv[2], int(sys.argv[3])) else "off")

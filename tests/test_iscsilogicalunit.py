@@ -146,6 +146,8 @@ def test_start_and_stop_are_idempotent(lab):
     ({"lun": "0"}, 6, "controller"),
     ({"lun": "x"}, 6, "lun"),
     ({"scsi_id": "x" * 37}, 6, "scsi_id"),
+    ({"scsi_id": "lun-x-data"}, 6, "hex digits"),         # tgt: the same WWID as "lun-y-data"
+    ({"scsi_id": "a" * 33}, 6, "hex digits"),             # tgt drops the front
     ({"scsi_sn": "has space"}, 6, "scsi_sn"),
     ({"vendor_id": "TOOLONGVENDOR"}, 6, "vendor_id"),
     ({"product_id": "a,b"}, 6, "product_id"),
@@ -163,4 +165,49 @@ def test_bad_input_is_refused_with_a_reason_and_leaves_nothing(lab, change, rc, 
     before = lab.show()
     start = lab.agent("iSCSILogicalUnit", "start", {**lun_params(lab, 1), **change})
     assert (start.rc, reason in start.exit_reason) == (rc, True), start
+    assert lab.show() == before
+
+
+# ---------------------------------------------------------------- WWIDs
+
+sys.path.insert(0, str(TESTS.parent / "lib"))
+from tgtha.iscsilogicalunit import derived_identity, naa6_value  # noqa: E402
+
+sys.path.insert(0, str(TESTS))
+from iscsi_scsi import naa_designators  # noqa: E402
+
+
+def wwid(lab, lun: int, target: str = TARGET) -> int:
+    """The NAA-6 designator of VPD page 0x83, read from the client namespace."""
+    page = lab.client.run(sys.executable, str(TESTS / "iscsi_scsi.py"), lab.TARGET_IP, target, str(lun),
+                          "vpd", "0x83").stdout.strip()
+    return naa_designators(bytes.fromhex(page))[6]
+
+
+def test_the_wwid_model_is_tgts_and_derived_ids_give_distinct_wwids(lab):
+    """What an initiator reads in VPD 0x83 is naa6_value(scsi_id), for derived and configured ids."""
+    for lun in (1, 2, 3):
+        assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, lun)).rc == 0
+    configured = "00c0ffee"
+    assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 4, scsi_id=configured)).rc == 0
+    read = {lun: wwid(lab, lun) for lun in (1, 2, 3, 4)}
+    for lun in (1, 2, 3):
+        assert read[lun] == naa6_value(derived_identity(TARGET, lun)[0])
+    assert read[4] == naa6_value(configured) == 0xC0FFEE
+    assert len(set(read.values())) == 4
+
+
+def test_a_scsi_id_giving_another_luns_wwid_is_refused(lab):
+    first, second = "1" + "a" * 31, "2" + "a" * 31          # tgt keeps the last 31 digits
+    assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 1, scsi_id=first)).rc == 0
+    # What tgt does with the second id (made by hand): the same WWID, a disk multipath would merge.
+    lab.tgtd.tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "9",
+                    "-b", str(lab.make_backing_file("hand.img")))
+    lab.tgtd.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "9",
+                    "--params", f"scsi_id={second}")
+    assert wwid(lab, 9) == wwid(lab, 1)
+    lab.tgtd.tgtadm("--op", "delete", "--mode", "logicalunit", "--tid", "1", "--lun", "9")
+    before = lab.show()
+    refused = lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 2, scsi_id=second))
+    assert refused.rc == 6 and "WWID of LUN 1" in refused.exit_reason, refused
     assert lab.show() == before

@@ -315,6 +315,53 @@ def test_tids_are_allocated_without_collisions_even_in_parallel(iscsi_lab):
         assert tid_of(lab, iqn(n)) == tids[n]
 
 
+sys.path.insert(0, str(AGENTS.parent / "lib"))
+from tgtha.iscsitarget import AUTO_TID_SPAN, automatic_tid  # noqa: E402
+
+
+def colliding_iqns() -> tuple[str, str]:
+    """Two IQNs with the same automatic tid (found by search: ~2**14.5 names)."""
+    seen: dict[int, str] = {}
+    n = 0
+    while True:
+        name = f"{BASE_IQN}collide{n}"
+        tid = automatic_tid(name)
+        if tid in seen:
+            return seen[tid], name
+        seen[tid] = name
+        n += 1
+
+
+def test_an_automatic_tid_is_a_function_of_the_iqn_alone_whatever_the_start_order(iscsi_lab):
+    lab = iscsi_lab
+    names = [iqn(n) for n in range(1, 7)]
+    for order in (names, names[::-1]):
+        for name in order:
+            assert lab.agent("iSCSITarget", "start", {"iqn": name}).rc == 0
+        assert {name: tid_of(lab, name) for name in names} == {name: automatic_tid(name) for name in names}
+        for name in order:
+            assert lab.agent("iSCSITarget", "stop", {"iqn": name}).rc == 0
+    assert all(1 <= automatic_tid(name) <= AUTO_TID_SPAN < 2**28 for name in names)
+
+
+def test_two_iqns_with_one_automatic_tid_are_refused_not_renumbered(iscsi_lab):
+    """Before: the second took the next tid, so which target had which tid (and
+    its LUNs which NAA-3 designator) depended on the start order on each node."""
+    lab = iscsi_lab
+    first, second = colliding_iqns()
+    assert lab.agent("iSCSITarget", "start", {"iqn": first}).rc == 0
+    before = lab.show()
+    refused = lab.agent("iSCSITarget", "start", {"iqn": second})
+    assert refused.rc == 6 and "the same automatic tid" in refused.exit_reason, refused
+    assert lab.show() == before
+    # A tid held by a target made by hand on this node only: this node's problem (1).
+    assert lab.agent("iSCSITarget", "stop", {"iqn": first}).rc == 0
+    lab.tgtd.tgtadm("--op", "new", "--mode", "target", "--tid", str(automatic_tid(first)),
+                    "-T", "iqn.2026-11.test:by-hand")
+    local = lab.agent("iSCSITarget", "start", {"iqn": first})
+    assert local.rc == 1 and "used by target iqn.2026-11.test:by-hand" in local.exit_reason, local
+
+
 def test_monitor_is_exact(iscsi_lab):
     lab = iscsi_lab
     assert lab.agent("tgtuser", "start", account()).rc == 0

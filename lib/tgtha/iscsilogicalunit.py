@@ -38,6 +38,22 @@ POLITE_DELETE_S = 0.5
 FORBIDDEN_IN_VALUES = ", \t\n\0"
 
 
+HEX_DIGITS = "0123456789abcdefABCDEF"
+NAA6_BITS = 124
+
+
+def naa6_value(scsi_id: str) -> int:
+    """The value tgt puts in a LUN's NAA-6 designator (VPD page 0x83, the WWID
+    udev and multipath use), as spc.c's update_vpd_83 computes it: each
+    character read as one hex digit (any other character counts as 0), shifted
+    into 128 bits, and the top 4 bits replaced by the NAA type: only the last
+    31 digits survive."""
+    value = 0
+    for char in scsi_id:
+        value = (value << 4 | (int(char, 16) if char in HEX_DIGITS else 0)) & ((1 << NAA6_BITS) - 1)
+    return value
+
+
 def derived_identity(target_iqn: str, lun: int) -> tuple[str, str]:
     """(scsi_id, scsi_sn) defaults: the same on every node, whatever the resource is called."""
     digest = sha256_hex(f"{target_iqn}:{lun}".encode())
@@ -106,7 +122,13 @@ class ISCSILogicalUnit(TgtAgent):
     @property
     def identity(self) -> tuple[str, str]:
         derived_id, derived_sn = derived_identity(self.target_iqn, self.lun)
-        scsi_id = _plain("scsi_id", self.param("scsi_id"), 36) or derived_id
+        scsi_id = self.param("scsi_id")
+        if scsi_id and not (len(scsi_id) <= 32 and all(c in HEX_DIGITS for c in scsi_id)):
+            # Two such ids could give two LUNs one WWID: multipath would merge them.
+            raise OCFError(ERR_CONFIGURED, f"scsi_id={scsi_id!r}: must be at most 32 hex digits (tgt builds the"
+                                           " WWID from its hex digits, the last 31: other characters count as 0"
+                                           " and a longer id loses its front)")
+        scsi_id = scsi_id or derived_id
         scsi_sn = _plain("scsi_sn", self.param("scsi_sn"), 36) or derived_sn
         return scsi_id, scsi_sn
 
@@ -221,6 +243,7 @@ class ISCSILogicalUnit(TgtAgent):
                     return ocf.SUCCESS
                 ocf.log_warning(f"LUN {lun} of {target_iqn} exists but {problem}; recreating it")
                 self._delete(ctl, target)
+            self._refuse_a_shared_wwid(ctl)
             self._create(ctl, target)
         except TgtdUnreachable as err:
             raise OCFError(ERR_GENERIC, f"cannot start LUN {lun} of {target_iqn}: {err}") from None
@@ -242,6 +265,22 @@ class ISCSILogicalUnit(TgtAgent):
         return ocf.SUCCESS
 
     # ---------------------------------------------------------------- steps
+
+    def _refuse_a_shared_wwid(self, ctl: TgtdControl) -> None:
+        """No LUN on this tgtd may already present our WWID (NAA-6 designator):
+        initiators' multipath would take the two for paths to one disk. Both are
+        configured that way, so it is wrong wherever they meet: 6, not 1 (which
+        would start this LUN on another node, where the merge happens anyway)."""
+        scsi_id = self.identity[0]
+        ours = naa6_value(scsi_id)
+        for target in ctl.targets():
+            for number, unit in target.luns.items():
+                if (target.iqn, number) == (self.target_iqn, self.lun) or not unit.scsi_id:
+                    continue
+                if naa6_value(unit.scsi_id) == ours:
+                    raise OCFError(ERR_CONFIGURED, f"scsi_id {scsi_id} gives the WWID of LUN {number} of"
+                                                   f" {target.iqn} (scsi_id {unit.scsi_id}): multipath would"
+                                                   " merge the two disks; give one of them another scsi_id")
 
     def _create(self, ctl: TgtdControl, target: Target) -> None:
         lun = self.lun

@@ -29,9 +29,18 @@ if TYPE_CHECKING:
 
 OWNER = "iSCSITarget"
 MAX_TID = 2**31 - 1
-# Automatic tids start at a hash of the IQN, so the same target gets the same
-# tid on every node (tgt builds the LUNs' NAA-3 designator from the tid).
-AUTO_TID_SPAN = 30000
+# An automatic tid is a hash of the IQN alone, so a target has the same tid on
+# every node whatever the start order (tgt builds its LUNs' NAA-3 designator
+# from the tid). tgt ORs the designator's type into the tid's top 4 bits, so
+# tids stay below 2**28: two IQNs of a 1,000-target cluster share one with a
+# probability of 0.2 %, and then the start says so instead of taking the next tid.
+AUTO_TID_SPAN = 2**28 - 1
+
+
+def automatic_tid(iqn: str) -> int:
+    """The tid of a target configured without one: a function of its IQN only."""
+    from .iscsi_names import sha256_hex
+    return 1 + int(sha256_hex(iqn.encode())[:16], 16) % AUTO_TID_SPAN
 
 
 class ISCSITarget(TgtAgent):
@@ -209,11 +218,16 @@ class ISCSITarget(TgtAgent):
         in_use = {t.tid: t.iqn for t in ctl.targets()}
         wanted = self.tid
         if wanted is None:
-            import zlib
-            wanted = 1 + zlib.crc32(iqn.encode()) % AUTO_TID_SPAN
-            while wanted in in_use:
-                wanted = wanted % MAX_TID + 1
-            return wanted
+            wanted = automatic_tid(iqn)
+            holder = in_use.get(wanted)
+            if holder is None:
+                return wanted
+            if automatic_tid(holder) == wanted:
+                # A property of the two names, the same on every node.
+                raise OCFError(ERR_CONFIGURED, f"{iqn} and {holder} hash to the same automatic tid {wanted}:"
+                                               " give one of them an explicit tid")
+            raise OCFError(ERR_GENERIC, f"tid {wanted} (automatic for {iqn}) is used by target {holder} on"
+                                        " this node; give one of them an explicit tid")
         if wanted in in_use:
             # This node's state, not the configuration's: 1 moves the resource
             # elsewhere; 6 would ban it from every node.
