@@ -344,6 +344,24 @@ def test_an_automatic_tid_is_a_function_of_the_iqn_alone_whatever_the_start_orde
     assert all(1 <= automatic_tid(name) <= AUTO_TID_SPAN < 2**28 for name in names)
 
 
+def test_two_hundred_targets_without_a_tid_get_two_hundred_distinct_tids(iscsi_lab):
+    """180 started one after another, then 20 at once."""
+    lab = iscsi_lab
+    names = [f"{BASE_IQN}many{n}" for n in range(200)]
+    for name in names[:180]:
+        assert lab.agent("iSCSITarget", "start", {"iqn": name}, instance=name.rsplit(":", 1)[1]).rc == 0
+    threads = [threading.Thread(target=lab.agent, args=("iSCSITarget", "start", {"iqn": name}),
+                                kwargs={"instance": name.rsplit(":", 1)[1]}) for name in names[180:]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(run.rc == 0 for run in lab.agent_runs), [r for r in lab.agent_runs if r.rc]
+    shown = dict(re.findall(r"^Target (\d+): (\S+)$", lab.show(), re.M))
+    assert len(shown) == 200 and sorted(shown.values()) == sorted(names)
+    assert all(int(tid) == automatic_tid(name) for tid, name in shown.items())
+
+
 def test_two_iqns_with_one_automatic_tid_are_refused_not_renumbered(iscsi_lab):
     """Before: the second took the next tid, so which target had which tid (and
     its LUNs which NAA-3 designator) depended on the start order on each node."""
