@@ -132,7 +132,11 @@ class LunInitiator:
 
         QEMU's driver logs a UNIT ATTENTION it retries ("iSCSI CheckCondition:
         ... UNIT_ATTENTION") before the command's own result: a guest never
-        sees it, so it is counted apart, as a transparent retry."""
+        sees it, so it is counted apart, as a transparent retry. So is its
+        "iSCSI: NOP timeout. Reconnecting...": after three unanswered NOP-Outs
+        (5 s apart) it reconnects on its own and resends the command, whose
+        result follows (an outage that went unnoticed for ~15 s, e.g. a silent
+        block while a group cannot start anywhere)."""
         try:
             self.proc.stdin.write(command.encode() + b"\n")
         except OSError as err:
@@ -140,7 +144,7 @@ class LunInitiator:
         output = self._until_prompt()
         now = time.monotonic()
         lines = output.splitlines()
-        retried = [line for line in lines if "UNIT_ATTENTION" in line]
+        retried = [line for line in lines if "UNIT_ATTENTION" in line or "NOP timeout. Reconnecting" in line]
         if retried:
             self.log.retried.append((now, retried[0]))
         if any("Pattern verification failed" in line for line in lines):
