@@ -1,4 +1,4 @@
-"""Just enough of an iSCSI initiator to send one SCSI command: MODE SENSE, or INQUIRY for a VPD page.
+"""Just enough of an iSCSI initiator to send one SCSI command: MODE SENSE, MODE SELECT, or INQUIRY for a VPD page.
 
 libiscsi's command-line tools print INQUIRY and VPD pages but no mode
 pages, and this kernel has no iSCSI initiator to run sg_modes against. The
@@ -81,6 +81,31 @@ class Session:
                 return data
             # anything else (NOP-In, async message): ignore
 
+    def write_command(self, lun: int, cdb: bytes, out: bytes) -> None:
+        """A command with data to the target (no immediate data: wait for its R2T)."""
+        lun_field = struct.pack(">BB6x", 0, lun) if lun < 256 else struct.pack(">H6x", 0x4000 | lun)
+        itt = self.itt
+        header = struct.pack(">BBHB3s8sIIII16s", 0x01, 0xA1, 0, 0, b"\0\0\0", lun_field, itt,
+                             len(out), self.cmdsn, self.statsn + 1, cdb.ljust(16, b"\0"))
+        self.sock.sendall(header)
+        self.cmdsn += 1
+        self.itt += 1
+        while True:
+            answer, _ = _recv_pdu(self.sock)
+            opcode = answer[0] & 0x3F
+            if opcode == 0x31:  # R2T: send what it asks for, as one final Data-Out
+                ttt, offset, length = (int.from_bytes(answer[20:24], "big"), int.from_bytes(answer[40:44], "big"),
+                                       int.from_bytes(answer[44:48], "big"))
+                chunk = out[offset:offset + length]
+                data_out = struct.pack(">BBHB3s8sIIIIIIII", 0x05, 0x80, 0, 0, len(chunk).to_bytes(3, "big"),
+                                       lun_field, itt, ttt, 0, self.statsn + 1, 0, 0, offset, 0)
+                self.sock.sendall(_pdu(data_out, chunk))
+            elif opcode == 0x21:  # SCSI Response
+                self.statsn = int.from_bytes(answer[24:28], "big")
+                if answer[3] != 0:
+                    raise IOError(f"SCSI status {answer[3]:#x}")
+                return
+
     def close(self) -> None:
         self.sock.close()
 
@@ -106,6 +131,32 @@ def write_cache_enabled(address: str, target_iqn: str, lun: int) -> bool:
     return bool(page[2] & 0x04)
 
 
+
+
+def set_write_cache(address: str, target_iqn: str, lun: int, enabled: bool) -> str:
+    """MODE SELECT(6) of the caching page with WCE changed, as an initiator
+    (sdparm --set WCE) does: "accepted" or "refused"."""
+    session = Session(address, target_iqn)
+    try:
+        for attempt in range(3):
+            try:
+                sensed = session.command(lun, bytes([0x1A, 0x08, 0x08, 0, 0xFF, 0]), 0xFF)
+                break
+            except IOError:
+                if attempt == 2:
+                    raise
+        block_descriptors = sensed[3]
+        page = bytearray(sensed[4 + block_descriptors:4 + block_descriptors + 2 + sensed[4 + block_descriptors + 1]])
+        page[0] &= 0x3F                                  # PS bit must be zero in MODE SELECT
+        page[2] = (page[2] | 0x04) if enabled else (page[2] & ~0x04)
+        parameters = bytes([0, 0, 0, 0]) + bytes(page)   # header without block descriptors
+        try:
+            session.write_command(lun, bytes([0x15, 0x10, 0, 0, len(parameters), 0]), parameters)
+        except IOError:
+            return "refused"
+        return "accepted"
+    finally:
+        session.close()
 
 
 def vpd_page(address: str, target_iqn: str, lun: int, page: int) -> bytes:
@@ -142,5 +193,7 @@ if __name__ == "__main__":
     import sys
     if len(sys.argv) > 5 and sys.argv[4] == "vpd":
         print(vpd_page(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[5], 0)).hex())
+    elif len(sys.argv) > 5 and sys.argv[4] == "set-wce":
+        print(set_write_cache(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[5] == "1"))
     else:
         print("on" if write_cache_enabled(sys.argv[1], sys.argv[2], int(sys.argv[3])) else "off")

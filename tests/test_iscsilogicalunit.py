@@ -85,6 +85,26 @@ def test_write_cache_is_off_by_default_and_visible_to_the_initiator(lab):
     assert (write_cache(lab, 1), write_cache(lab, 2)) == ("off", "on")
 
 
+def set_write_cache(lab, lun: int, enabled: bool) -> str:
+    return lab.client.run(sys.executable, str(TESTS / "iscsi_scsi.py"), lab.TARGET_IP, TARGET, str(lun),
+                          "set-wce", "1" if enabled else "0").stdout.strip()
+
+
+def test_an_initiator_cannot_turn_the_write_cache_back_on(lab):
+    """write_cache=0 is a promise: tgt lets initiators change WCE with MODE SELECT
+    (sdparm --set WCE) on a LUN it made, but not once the agent has set the caching page."""
+    assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 1)).rc == 0
+    assert set_write_cache(lab, 1, True) == "refused"
+    assert write_cache(lab, 1) == "off"
+    assert lab.agent("iSCSILogicalUnit", "monitor", lun_params(lab, 1)).rc == 0
+    # Negative control: a LUN made by hand keeps tgt's own caching page, whose WCE is changeable.
+    lab.tgtd.tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "9",
+                    "-b", str(lab.make_backing_file("by-hand.img")))
+    assert write_cache(lab, 9) == "on"
+    assert set_write_cache(lab, 9, False) == "accepted"
+    assert write_cache(lab, 9) == "off"
+
+
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-utils not installed")
 def test_stop_with_writes_in_flight_is_bounded_twenty_times_in_a_row(lab, report):
     params = lun_params(lab, 1)
