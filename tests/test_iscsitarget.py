@@ -515,6 +515,29 @@ def test_the_password_never_reaches_a_command_line_a_log_or_a_trace(iscsi_lab, r
     assert secret not in Path(lab.tgtd.log.name).read_text()
 
 
+def test_tgtds_debug_output_never_gets_the_password_from_our_agents(iscsi_lab):
+    """tgtd -d 1 (or debug=on) logs every management request's parameters."""
+    lab = iscsi_lab
+    secret = "Debug-Secret-Chap-0815"
+    log = Path(lab.tgtd.log.name)
+    lab.tgtd.tgtadm("--mode", "system", "--op", "update", "--name", "debug", "--value", "on")
+    # Negative control: an account made with tgtadm lands in the log, password and all.
+    lab.tgtd.tgtadm("--mode", "account", "--op", "new", "--user", "by-hand", "--password", secret + "-hand")
+    deadline = time.monotonic() + 5
+    while secret + "-hand" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert secret + "-hand" in log.read_text()
+    assert lab.agent("tgtuser", "start", account(secret)).rc == 0
+    assert lab.agent("tgtuser", "reload", account(secret + "x")).rc == 0
+    own = {"iqn": iqn(3), "incoming_username": "own", "incoming_password": secret}
+    assert lab.agent("iSCSITarget", "start", own).rc == 0
+    assert lab.agent("iSCSITarget", "stop", own).rc == 0
+    assert lab.agent("tgtuser", "stop", account(secret + "x")).rc == 0
+    time.sleep(0.5)
+    assert secret not in log.read_text().replace(secret + "-hand", "")
+    assert "debug: on" in lab.tgtd.tgtadm("--mode", "system", "--op", "show").stdout
+
+
 def test_a_recurring_monitor_gives_tgtds_own_monitor_time_to_see_it_dead_first(iscsi_lab):
     """Without tgtd, a probe answers at once, but a recurring monitor of a resource
     above tgtd waits a few seconds: tgtd's own (shorter) monitor must report first,

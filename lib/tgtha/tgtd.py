@@ -149,12 +149,17 @@ def parse_targets(text: str) -> list[Target]:
 
 def parse_system_state(text: str) -> str:
     """The ``State:`` of ``tgtadm --mode sys --op show``'s "System:" section."""
+    return parse_system_field(text, "State")
+
+
+def parse_system_field(text: str, name: str) -> str:
+    """One field (``State``, ``debug``) of the "System:" section of ``tgtadm --mode sys --op show``."""
     section = ""
     for line in text.splitlines():
         if not line.startswith(" "):
             section = line.strip()
-        elif section == "System:" and line.strip().startswith("State: "):
-            return line.strip()[len("State: "):]
+        elif section == "System:" and line.strip().startswith(f"{name}: "):
+            return line.strip()[len(name) + 2:]
     return ""
 
 
@@ -349,8 +354,18 @@ class TgtdControl:
     def create_account(self, user: str, password: str) -> None:
         # tgtd takes the user up to the first comma and the password to the
         # end of the string, so a password may hold any character but NUL.
-        self.request(MODE_ACCOUNT, OP_NEW, params=f"user={user},password={password}",
-                     what=f"create account {user}")
+        # With its debug output on (tgtd -d 1, or "debug=on"), tgtd logs every
+        # request's parameters, the password too (mgmt.c's mtask_execute): off
+        # for this one request, on again after.
+        debugging = parse_system_field(self.request(MODE_SYSTEM, OP_SHOW, what="show system"), "debug") == "on"
+        if debugging:
+            self.request(MODE_SYSTEM, OP_UPDATE, params="debug=off", what="pause tgtd's debug output")
+        try:
+            self.request(MODE_ACCOUNT, OP_NEW, params=f"user={user},password={password}",
+                         what=f"create account {user}")
+        finally:
+            if debugging:
+                self.request(MODE_SYSTEM, OP_UPDATE, params="debug=on", what="resume tgtd's debug output")
 
     def delete_account(self, user: str) -> None:
         """Delete an account; tgtd unbinds it from every target first."""
