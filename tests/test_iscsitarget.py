@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,27 @@ def test_tgtuser_reload_changes_the_password_without_touching_sessions(iscsi_lab
     assert not lab.login(iqn(1), USER, PASSWORD)
     assert lab.agent("iSCSITarget", "monitor", shared_target(1)).rc == 0
     assert lab.agent("tgtuser", "monitor", account("Brand-New-Secret")).rc == 0
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_a_reload_killed_half_way_is_finished_by_the_next_monitor(iscsi_lab):
+    """kill -9 (an op timeout) between deleting the account and creating it
+    again: targets stay closed (guard only), and the next tgtuser monitor
+    finishes the change instead of reporting the account gone (which would
+    restart the account and every target on it)."""
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", shared_target(1)).rc == 0
+    params = {"control_port": str(lab.tgtd.control_port), **account("Killed-Midway-1")}
+    # The 7th management request of this reload is the first after the account's delete.
+    argv = lab.node.exec_argv("strace", "-f", "-o", "/dev/null", "-e", "trace=connect",
+                              "-e", "inject=connect:signal=SIGKILL:when=7", str(AGENTS / "tgtuser"), "reload")
+    killed = subprocess.run(argv, env=agent_env(lab.state, "rsc", params), capture_output=True, text=True)
+    assert killed.returncode != 0 and USER not in lab.accounts(), "the kill did not land between delete and create"
+    assert not lab.login(iqn(1), USER, "Killed-Midway-1") and not lab.login(iqn(1))      # closed, not open
+    assert lab.agent("tgtuser", "monitor", account("Killed-Midway-1"), meta={"interval": "10000"}).rc == 0
+    assert lab.login(iqn(1), USER, "Killed-Midway-1")
+    assert lab.agent("iSCSITarget", "monitor", shared_target(1)).rc == 0
 
 
 def test_tgtuser_stop_before_its_targets_locks_them_instead_of_opening_them(iscsi_lab):

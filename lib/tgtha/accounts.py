@@ -182,21 +182,94 @@ def replace_password(ctl: TgtdControl, user: str, password: str) -> list[int]:
     tgt cannot change a password in place: the account is deleted (which
     unbinds it everywhere) and created again. Guarded targets refuse logins
     in between; unguarded ones are offline for that moment. Returns the tids
-    that were rebound.
+    that were rebound. What is to be restored is written down first (the
+    reload journal): if the agent dies half way (kill -9, op timeout), the
+    next tgtuser action on the node finishes the job (finish_interrupted_reload).
     """
     from .tgtd import ERR_NO_USER, TgtdError
     incoming, outgoing = bound_targets(ctl, user)
-    closed = close_unguarded(ctl, user)
+    unguarded = [t.tid for t in ctl.targets()
+                 if user in t.incoming and not guards(t, user) and t.state == "ready"]
+    _write_journal(ctl.control_port, user, incoming, outgoing, unguarded)
+    for tid in unguarded:
+        ctl.set_target_state(tid, "offline")
     try:
         ctl.delete_account(user)
     except TgtdError as err:
         if err.code != ERR_NO_USER:
             raise
     ctl.create_account(user, password)
-    for tid in incoming:
-        ctl.bind_account(tid, user)  # takes the slot it left: behind the guard
-    for tid in outgoing:
-        ctl.bind_account(tid, user, outgoing=True)
-    for target in closed:
-        ctl.set_target_state(target.tid, "ready")
+    _restore(ctl, user, incoming, outgoing, unguarded)
+    _unlink(_journal_path(ctl.control_port, user))
     return sorted(set(incoming) | set(outgoing))
+
+
+def reload_interrupted(control_port: int, user: str) -> bool:
+    """Cheap check (one stat) for the monitor path."""
+    return os.path.exists(_journal_path(control_port, user))
+
+
+def finish_interrupted_reload(ctl: TgtdControl, user: str, password: str) -> bool:
+    """Complete a password change whose agent died half way; True if there was one.
+    Call under config_lock: a journal seen there has no live writer."""
+    from .ocf_runtime import log_warning
+    journal = _read_journal(ctl.control_port, user)
+    if journal is None:
+        return False
+    incoming, outgoing, closed = journal
+    if user not in ctl.accounts():
+        ctl.create_account(user, password)
+    _restore(ctl, user, incoming, outgoing, closed)
+    _unlink(_journal_path(ctl.control_port, user))
+    log_warning(f"account {user}: finished a password change that was interrupted (targets "
+                f"{', '.join(map(str, sorted(set(incoming) | set(outgoing)))) or 'none'} rebound)")
+    return True
+
+
+def _restore(ctl: TgtdControl, user: str, incoming: list[int], outgoing: list[int], closed: list[int]) -> None:
+    """Bindings back (behind the guard, in the slot the account left), closed targets reopened."""
+    targets = {t.tid: t for t in ctl.targets()}
+    for tid in incoming:
+        if tid in targets and user not in targets[tid].incoming:
+            ctl.bind_account(tid, user)
+    for tid in outgoing:
+        if tid in targets and targets[tid].outgoing != user:
+            ctl.bind_account(tid, user, outgoing=True)
+    for tid in closed:
+        if tid in targets:
+            ctl.set_target_state(tid, "ready")
+
+
+def _journal_path(control_port: int, user: str) -> str:
+    return _ledger_path(control_port, user) + ".reload"
+
+
+def _write_journal(control_port: int, user: str, incoming: list[int], outgoing: list[int],
+                   closed: list[int]) -> None:
+    path = _journal_path(control_port, user)
+    temporary = f"{path}.{os.getpid()}"
+    lines = [" ".join(map(str, tids)) for tids in (incoming, outgoing, closed)]
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as journal:
+            journal.write("\n".join(lines) + "\n")
+        os.replace(temporary, path)
+    except OSError as err:
+        _unlink(temporary)
+        raise OCFError(ERR_GENERIC, f"cannot write the reload journal {path}: {err.strerror}") from None
+
+
+def _read_journal(control_port: int, user: str) -> tuple[list[int], list[int], list[int]] | None:
+    try:
+        with open(_journal_path(control_port, user)) as journal:
+            lines = journal.read().split("\n")[:3]
+        incoming, outgoing, closed = ([int(tid) for tid in line.split()] for line in lines)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # Unreadable: rebind wherever the account is expected is unknowable here;
+        # the targets' own monitors report what is missing.
+        _unlink(_journal_path(control_port, user))
+        return None
+    return incoming, outgoing, closed

@@ -47,11 +47,19 @@ class Tgtuser(TgtAgent):
     def monitor(self) -> int:
         user = self.username
         try:
-            present = user in self.tgtd_for_monitor().accounts()
+            ctl = self.tgtd_for_monitor()
+            if accounts.reload_interrupted(self.control_port, user):
+                # A reload killed half way: finish it (rebind, reopen) instead of
+                # reporting the account missing and restarting every target.
+                with accounts.config_lock(self.control_port, self.deadline):
+                    accounts.finish_interrupted_reload(ctl, user, self.password)
+            present = user in ctl.accounts()
         except TgtdUnreachable as err:
             if self.is_probe:
                 return ocf.NOT_RUNNING
             raise OCFError(ocf.NOT_RUNNING, f"account {user}: {err}") from None
+        except TgtdError as err:
+            raise OCFError(ERR_GENERIC, f"account {user}: {err}") from None
         return ocf.SUCCESS if present else ocf.NOT_RUNNING
 
     def start(self) -> int:
@@ -105,6 +113,7 @@ class Tgtuser(TgtAgent):
         ctl = self.tgtd
         try:
             with accounts.config_lock(port, self.deadline):
+                accounts.finish_interrupted_reload(ctl, user, password)
                 exists = user in ctl.accounts()
                 if not exists and not create:
                     return False
