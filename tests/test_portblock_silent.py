@@ -154,6 +154,36 @@ def test_without_tickles_the_client_waits_for_its_next_retransmission(pair, stat
     assert silent_failover(pair, state_dir, tmp_path, tickle=False) is None
 
 
+CONNECT = """
+import socket, sys, time
+began = time.monotonic()
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("connected", time.monotonic() - began)
+except ConnectionRefusedError:
+    print("refused", time.monotonic() - began)
+except OSError as err:
+    print("failed", time.monotonic() - began, err)
+"""
+
+
+@pytest.mark.parametrize("firewall", ["iptables", "iptables-legacy", "nft", "python-iptables"])
+def test_a_new_connection_during_a_silent_block_is_refused_at_once(pair, state_dir, firewall):
+    """A client that is already reconnecting when the block comes must not back off on
+    unanswered SYNs (1, 2, 4, 8 s...: a 17 s pause in the lab): it is refused at once."""
+    p = unblock_params("silent", firewall=firewall)
+    assert run_agent("portblock", "start", p, ns=pair.server, state=state_dir).rc == 0
+    assert run_agent("portblock", "stop", p, ns=pair.server, state=state_dir).rc == 0     # = block
+    outcome = pair.client.run(sys.executable, "-c", CONNECT, SERVER_IP, PORT).stdout.split()
+    assert outcome[0] == "refused" and float(outcome[1]) < 0.5, outcome
+    # And an established connection still hears nothing of a block.
+    assert run_agent("portblock", "start", p, ns=pair.server, state=state_dir).rc == 0
+    pair.connect()
+    assert run_agent("portblock", "stop", p, ns=pair.server, state=state_dir).rc == 0
+    assert pair.client_reset_at(within=2.0) is None
+    assert run_agent("portblock", "start", p, ns=pair.server, state=state_dir).rc == 0
+
+
 def test_silent_needs_tcp_both_ways(pair, state_dir):
     for extra in ({"direction": "in"}, {"direction": "out"}, {"protocol": "udp"}):
         result = run_agent("portblock", "validate-all", {**unblock_params("silent"), **extra},

@@ -39,16 +39,19 @@ class BlockRule:
     method "drop" drops; "reject" answers TCP with a reset (UDP: port unreachable).
     """
 
-    __slots__ = ("chain", "protocol", "ports", "network", "method", "resets_pass")
+    __slots__ = ("chain", "protocol", "ports", "network", "method", "resets_pass", "syn_only")
 
     def __init__(self, chain: str, protocol: str, ports: PortSet, network: Network, method: str,
-                 resets_pass: bool = True) -> None:
+                 resets_pass: bool = True, syn_only: bool = False) -> None:
         self.chain = chain
         self.protocol = protocol
         self.ports = ports
         self.network = network
         self.method = method
         self.resets_pass = resets_pass
+        # Only connection attempts (TCP SYN), refused with ICMP port unreachable:
+        # no TCP reset, which the silent mode's OUTPUT rule would swallow.
+        self.syn_only = syn_only
 
     @property
     def family(self) -> int:
@@ -69,9 +72,9 @@ class BlockRule:
     def tag(self) -> str:
         """The rule's comment: what it is, readable, within nft's 128 bytes (a long
         port list on an IPv6 network is longer: then a digest of the same text)."""
-        # A reject rule that keeps resets in is a different rule ("silent").
+        # A reject rule that keeps resets in, or one for connection attempts only, is a different rule.
         method = "silent" if self.chain == "OUTPUT" and self.protocol == "tcp" and not self.resets_pass \
-            else self.method
+            else "refuse-syn" if self.syn_only else self.method
         full = f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{method}"
         if len(full) <= MAX_COMMENT:
             return full
@@ -80,7 +83,8 @@ class BlockRule:
 
     def __str__(self) -> str:
         side = "to" if self.matches_destination else "from"
-        return f"{self.chain} {self.method} {self.protocol} {side} {self.network} port {self.ports}"
+        what = "refuse new connections" if self.syn_only else self.method
+        return f"{self.chain} {what} {self.protocol} {side} {self.network} port {self.ports}"
 
     def __repr__(self) -> str:
         return f"BlockRule({self})"

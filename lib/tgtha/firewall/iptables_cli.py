@@ -82,9 +82,14 @@ def rule_spec(rule: BlockRule) -> list[str]:
             "-m", "multiport", ports, rule.ports.iptables()]
     if rule.lets_resets_out:
         spec += ["-m", "tcp", "!", "--tcp-flags", "RST", "RST"]
+    if rule.syn_only:
+        spec += ["-m", "tcp", "--syn"]
     spec += ["-m", "comment", "--comment", rule.tag]
     if rule.method == "drop":
         return spec + ["-j", "DROP"]
+    if rule.syn_only:
+        return spec + ["-j", "REJECT", "--reject-with",
+                       "icmp6-port-unreachable" if rule.family == 6 else "icmp-port-unreachable"]
     if rule.protocol == "tcp":
         return spec + ["-j", "REJECT", "--reject-with", "tcp-reset"]
     unreachable = "icmp6-port-unreachable" if rule.family == 6 else "icmp-port-unreachable"

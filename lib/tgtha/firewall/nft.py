@@ -117,6 +117,8 @@ def rule_expression(rule: BlockRule) -> str:
         address = f"meta nfproto {'ipv6' if rule.family == 6 else 'ipv4'}"
     else:
         address = f"{ip} {side}addr {rule.network}"
-    verdict = "drop" if rule.method == "drop" else "reject with tcp reset" if rule.protocol == "tcp" else "reject"
+    verdict = "drop" if rule.method == "drop" else "reject" if rule.syn_only \
+        else "reject with tcp reset" if rule.protocol == "tcp" else "reject"
     not_reset = " tcp flags & rst == 0" if rule.lets_resets_out else ""
-    return f'{address} {rule.protocol} {side}port {rule.ports.nft()}{not_reset} {verdict} comment "{rule.tag}"'
+    syn = " tcp flags & (fin | syn | rst | ack) == syn" if rule.syn_only else ""
+    return f'{address} {rule.protocol} {side}port {rule.ports.nft()}{not_reset}{syn} {verdict} comment "{rule.tag}"'

@@ -81,6 +81,8 @@ class PythonIptables(Firewall):
         setattr(multiport, ports_option, rule.ports.iptables())
         if rule.lets_resets_out:
             built.create_match("tcp").tcp_flags = ["!", "RST", "RST"]
+        if rule.syn_only:
+            built.create_match("tcp").syn = "1"
         comment = built.create_match("comment")
         comment.comment = rule.tag
         target_name = spec[spec.index("-j") + 1]
