@@ -312,20 +312,27 @@ class ISCSILogicalUnit(TgtAgent):
         try:
             polite.delete_lun(target.tid, lun, retry_interval=polite_interval)
             return
+        except TgtdUnreachable:
+            pass        # tgtd busy past the polite moment: not a failure, go on as for "still active"
         except TgtdError as err:
             if "still active" not in str(err):
                 raise
         # Commands keep arriving: stop new ones (BUSY), close the sessions,
         # delete, and give the target back to its other LUNs.
+        from . import transitions
         from .sessions import close_sessions
         was_ready = target.state == "ready"
-        ctl.set_target_state(target.tid, "offline")
+        # If this process dies before the target is ready again, the mark lets the
+        # target's next monitor set it ready (and monitors meanwhile know why it is offline).
+        mark = transitions.mark_offline(self.control_port, target.tid)
         try:
+            ctl.set_target_state(target.tid, "offline")
             close_sessions(ctl, ctl.target_by_iqn(target.iqn) or target, [], self.deadline)
             ctl.delete_lun(target.tid, lun)
         finally:
             if was_ready:
                 ctl.set_target_state(target.tid, "ready")
+            transitions.clear(mark)
 
     def _mismatch(self, unit: LogicalUnit) -> str | None:
         scsi_id, scsi_sn = self.identity
