@@ -7,7 +7,11 @@ medians and the ratio ours/stock. A benchmark, not a test: nothing is asserted.
 The iSCSITarget cases run a real tgtd on control port 0 (the one the stock
 agent's tgtadm talks to) inside the namespace.
 
-    sudo bench/agent_latency.py [--runs N] [--only portblock|iSCSITarget]
+    sudo bench/agent_latency.py [--runs N] [--only portblock|IPaddr2|iSCSITarget|iSCSILogicalUnit|scale]
+
+"scale" measures the iSCSITarget and iSCSILogicalUnit monitors of one target
+with 6 and with 200 targets (400 LUNs) on the node. CPU is user+sys of the
+agent and every process it waited for.
 """
 from __future__ import annotations
 
@@ -146,10 +150,57 @@ class Tgtd:
                 os.unlink(leftover)
 
 
+def tgtadm(*args: str) -> None:
+    subprocess.run(["tgtadm", "--lld", "iscsi", *args], check=True, capture_output=True)
+
+
+def monitor_cost_at_scale(runs: int) -> None:
+    """iSCSITarget and iSCSILogicalUnit monitors of one target with 6 targets
+    / 12 LUNs on the node, then with 200 / 400 (goal: within 1.5x)."""
+    print(f"\nmonitor cost as the node grows, median of {runs} runs, ms (ratio = 200 targets / 6)")
+    print(f"{'monitor':40} {'6 targets':>10} {'200':>8} {'ratio':>6}")
+    with Tgtd(), tempfile.TemporaryDirectory() as state:
+        backing = os.path.join(state, "lun.img")
+        with open(backing, "wb") as image:
+            image.truncate(16 << 20)
+        target_env = env_for(state, {"iqn": "iqn.2026-11.bench.tgtha:watched"})
+        lun_env = env_for(state, {"target_iqn": "iqn.2026-11.bench.tgtha:watched", "lun": "1", "path": backing})
+        subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "start"], env=target_env, check=True)
+        subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSILogicalUnit"), "start"], env=lun_env,
+                       check=True)
+        made = 1
+
+        def grow_to(count: int) -> None:
+            nonlocal made
+            for n in range(made, count):
+                tid = 100 + n
+                tgtadm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", f"iqn.2026-11.bench.tgtha:o{n}")
+                for lun in (1, 2):
+                    tgtadm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", str(lun),
+                           "-b", backing)
+                tgtadm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+            made = count
+
+        results = {}
+        for count in (6, 200):
+            grow_to(count)
+            for name, agent, env in (("iSCSITarget", "iSCSITarget", target_env),
+                                     ("iSCSILogicalUnit", "iSCSILogicalUnit", lun_env)):
+                results[(name, count)] = median_ms([timed(OURS / agent, "monitor", env)[0] for _ in range(runs)])
+        for name in ("iSCSITarget", "iSCSILogicalUnit"):
+            small, large = results[(name, 6)], results[(name, 200)]
+            print(f"{name:40} {small:10.1f} {large:8.1f} {large / small:6.2f}")
+        for tid in range(101, 100 + made):
+            subprocess.run(["tgtadm", "--lld", "iscsi", "--op", "delete", "--mode", "target", "--force",
+                            "--tid", str(tid)], capture_output=True)
+        subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSILogicalUnit"), "stop"], env=lun_env)
+        subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "stop"], env=target_env)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--only", choices=["portblock", "IPaddr2", "iSCSITarget", "iSCSILogicalUnit"])
+    parser.add_argument("--only", choices=["portblock", "IPaddr2", "iSCSITarget", "iSCSILogicalUnit", "scale"])
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespace)")
@@ -180,6 +231,8 @@ def main() -> int:
                 compare("iSCSILogicalUnit (implementation tgt)", "iSCSILogicalUnit", logicalunit_cases(backing),
                         args.runs)
                 subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "stop"], env=target, check=True)
+        if args.only in (None, "scale"):
+            monitor_cost_at_scale(args.runs)
     finally:
         subprocess.run(["ip", "netns", "del", NS])
     return 0
