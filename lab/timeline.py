@@ -50,23 +50,28 @@ def _epoch(stamp: str, fraction: str | None) -> float:
     return seconds + (float(fraction) if fraction else 0.0)
 
 
+def _stamped(log: Path, daemon: str, since: float, until: float = float("inf")):
+    """(epoch, line) of one daemon's lines in one log, within [since, until]."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        if daemon not in line:
+            continue
+        stamp = _STAMP.match(line)
+        if not stamp:
+            continue
+        at = _epoch(stamp.group(1), stamp.group(2))
+        if since - 0.001 <= at <= until:
+            yield at, line
+
+
 def read_events(logs: list[Path], since: float) -> list[Event]:
     """Operation results and node losses logged at or after ``since`` (epoch), in time order."""
     events = []
     for log in logs:
-        try:
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if "pacemaker-controld" not in line:
-                continue
-            stamp = _STAMP.match(line)
-            if not stamp:
-                continue
-            at = _epoch(stamp.group(1), stamp.group(2))
-            if at < since - 0.001:
-                continue
+        for at, line in _stamped(log, "pacemaker-controld", since):
             if (result := _RESULT.search(line)):
                 events.append(Event(at, *result.groups()))
             elif (lost := _LOST.search(line)):
@@ -132,20 +137,8 @@ def read_spans(logs: list[Path], since: float, until: float) -> list[Span]:
     here although their first runs right after each start share the CPU."""
     spans = []
     for log in logs:
-        try:
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
         running: dict[str, tuple[float, str, str, str]] = {}
-        for line in lines:
-            if "pacemaker-execd" not in line:
-                continue
-            stamp = _STAMP.match(line)
-            if not stamp:
-                continue
-            at = _epoch(stamp.group(1), stamp.group(2))
-            if at < since - 0.001 or at > until + 30:
-                continue
+        for at, line in _stamped(log, "pacemaker-execd", since, until + 30):
             node = line.split()[3]
             if (executing := _EXECUTING.search(line)):
                 resource, op, call = executing.groups()

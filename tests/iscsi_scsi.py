@@ -110,27 +110,34 @@ class Session:
         self.sock.close()
 
 
-def write_cache_enabled(address: str, target_iqn: str, lun: int) -> bool:
-    """MODE SENSE(6), caching page (0x08), current values: the WCE bit."""
-    session = Session(address, target_iqn)
-    try:
-        for attempt in range(3):
-            try:
-                data = session.command(lun, bytes([0x1A, 0x08, 0x08, 0, 0xFF, 0]), 0xFF)
-                break
-            except IOError:
-                # A new I_T nexus first gets UNIT ATTENTION (power on/reset): ask again.
-                if attempt == 2:
-                    raise
-    finally:
-        session.close()
+def asked_again(session: Session, lun: int, cdb: bytes, length: int) -> bytes:
+    """A command, asked again after the UNIT ATTENTION (power on/reset) that a new I_T nexus gets first."""
+    for attempt in range(3):
+        try:
+            return session.command(lun, cdb, length)
+        except IOError:
+            if attempt == 2:
+                raise
+    return b""
+
+
+def caching_page(session: Session, lun: int) -> bytes:
+    """MODE SENSE(6), caching page (0x08), current values: the page with its 2-byte header."""
+    data = asked_again(session, lun, bytes([0x1A, 0x08, 0x08, 0, 0xFF, 0]), 0xFF)
     block_descriptors = data[3]
     page = data[4 + block_descriptors:]
     if page[0] & 0x3F != 0x08:
         raise IOError(f"expected the caching page, got page {page[0] & 0x3F:#x}")
-    return bool(page[2] & 0x04)
+    return page[:2 + page[1]]
 
 
+def write_cache_enabled(address: str, target_iqn: str, lun: int) -> bool:
+    """The WCE bit of the caching page."""
+    session = Session(address, target_iqn)
+    try:
+        return bool(caching_page(session, lun)[2] & 0x04)
+    finally:
+        session.close()
 
 
 def set_write_cache(address: str, target_iqn: str, lun: int, enabled: bool) -> str:
@@ -138,15 +145,7 @@ def set_write_cache(address: str, target_iqn: str, lun: int, enabled: bool) -> s
     (sdparm --set WCE) does: "accepted" or "refused"."""
     session = Session(address, target_iqn)
     try:
-        for attempt in range(3):
-            try:
-                sensed = session.command(lun, bytes([0x1A, 0x08, 0x08, 0, 0xFF, 0]), 0xFF)
-                break
-            except IOError:
-                if attempt == 2:
-                    raise
-        block_descriptors = sensed[3]
-        page = bytearray(sensed[4 + block_descriptors:4 + block_descriptors + 2 + sensed[4 + block_descriptors + 1]])
+        page = bytearray(caching_page(session, lun))
         page[0] &= 0x3F                                  # PS bit must be zero in MODE SELECT
         page[2] = (page[2] | 0x04) if enabled else (page[2] & ~0x04)
         parameters = bytes([0, 0, 0, 0]) + bytes(page)   # header without block descriptors
@@ -163,15 +162,9 @@ def vpd_page(address: str, target_iqn: str, lun: int, page: int) -> bytes:
     """INQUIRY with EVPD: the raw page (libiscsi's iscsi-inq cuts binary designators at a zero byte)."""
     session = Session(address, target_iqn)
     try:
-        for attempt in range(3):
-            try:
-                return session.command(lun, bytes([0x12, 0x01, page, 0x00, 0xFF, 0]), 0xFF)
-            except IOError:
-                if attempt == 2:    # UNIT ATTENTION on a new nexus first: ask again
-                    raise
+        return asked_again(session, lun, bytes([0x12, 0x01, page, 0x00, 0xFF, 0]), 0xFF)
     finally:
         session.close()
-    return b""
 
 
 def naa_designators(page83: bytes) -> dict[int, int]:

@@ -102,14 +102,17 @@ def tgtha_block(lab, state_dir, **extra):
     return time.monotonic() - began
 
 
-def test_reject_out_under_read_load_frees_the_target_within_one_second(lab, state_dir, report):
+@pytest.mark.parametrize("method, direction", [("reject", "out"), ("silent", "both")])
+def test_a_rejecting_block_under_read_load_frees_the_target_within_one_second(lab, state_dir, report,
+                                                                             method, direction):
+    """method=silent keeps the clients uninformed, not tgtd's connections alive."""
     slow_link(lab)
     send_q = lab.wait_for_full_send_q()
-    took_block = tgtha_block(lab, state_dir, method="reject", direction="out")
+    took_block = tgtha_block(lab, state_dir, method=method, direction=direction)
     took = lab.teardown_target(within=1.0)
     assert lab.tgt_connections() == []
     assert took is not None, "LUN and target delete did not succeed within 1 s"
-    report(f"sendq tbf  tgtha reject/out: Send-Q {send_q} B; block {took_block:.3f} s;"
+    report(f"sendq tbf  tgtha {method}/{direction}: Send-Q {send_q} B; block {took_block:.3f} s;"
            f" connections 0; LUN+target deleted in {took:.3f} s")
 
 
@@ -161,14 +164,3 @@ def test_frozen_initiator_a_reject_rule_alone_waits_for_the_zero_window_probe(la
               f" still {len(lab.tgt_connections())} connection(s) after {observed:.0f} s"))
     assert took is None or took > 1.0
 
-
-def test_silent_block_under_read_load_frees_the_target_within_one_second(lab, state_dir, report):
-    """method=silent keeps the clients uninformed, not tgtd's connections alive."""
-    slow_link(lab)
-    send_q = lab.wait_for_full_send_q()
-    took_block = tgtha_block(lab, state_dir, method="silent", direction="both")
-    took = lab.teardown_target(within=1.0)
-    assert lab.tgt_connections() == []
-    assert took is not None, "LUN and target delete did not succeed within 1 s"
-    report(f"sendq tbf  tgtha silent/both: Send-Q {send_q} B; block {took_block:.3f} s;"
-           f" connections 0; LUN+target deleted in {took:.3f} s")
