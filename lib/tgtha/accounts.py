@@ -128,10 +128,12 @@ def _unlink(path: str) -> None:
 
 # ------------------------------------------------------------ guarding
 
-def bound_targets(ctl: TgtdControl, user: str) -> tuple[list[int], list[int]]:
-    """Tids that have ``user`` as (incoming, outgoing) account."""
+def bound_targets(ctl: TgtdControl, user: str, targets: list[Target] | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """Tids that have ``user`` as (incoming, outgoing) account (of ``targets``
+    when the caller has read them already)."""
     incoming, outgoing = [], []
-    for target in ctl.targets():
+    for target in ctl.targets() if targets is None else targets:
         if user in target.incoming:
             incoming.append(target.tid)
         if target.outgoing == user:
@@ -157,14 +159,16 @@ def guards(target: Target, user: str) -> bool:
     return GUARD_ACCOUNT in names and (user not in names or names.index(GUARD_ACCOUNT) < names.index(user))
 
 
+def unguarded_ready(targets: list[Target], user: str) -> list[Target]:
+    """The ready targets that would be open, or crash tgtd, once ``user`` is deleted."""
+    return [t for t in targets if user in t.incoming and not guards(t, user) and t.state == "ready"]
+
+
 def close_unguarded(ctl: TgtdControl, user: str) -> list[Target]:
-    """Set offline every ready target that would be open, or crash tgtd, once
-    ``user`` is deleted; returns them (to reopen after a password change)."""
-    closed = []
-    for target in ctl.targets():
-        if user in target.incoming and not guards(target, user) and target.state == "ready":
-            ctl.set_target_state(target.tid, "offline")
-            closed.append(target)
+    """Set offline every target ``unguarded_ready`` names; returns them."""
+    closed = unguarded_ready(ctl.targets(), user)
+    for target in closed:
+        ctl.set_target_state(target.tid, "offline")
     return closed
 
 
@@ -187,9 +191,9 @@ def replace_password(ctl: TgtdControl, user: str, password: str) -> list[int]:
     next tgtuser action on the node finishes the job (finish_interrupted_reload).
     """
     from .tgtd import ERR_NO_USER, TgtdError
-    incoming, outgoing = bound_targets(ctl, user)
-    unguarded = [t.tid for t in ctl.targets()
-                 if user in t.incoming and not guards(t, user) and t.state == "ready"]
+    targets = ctl.targets()
+    incoming, outgoing = bound_targets(ctl, user, targets)
+    unguarded = [t.tid for t in unguarded_ready(targets, user)]
     _write_journal(ctl.control_port, user, incoming, outgoing, unguarded)
     for tid in unguarded:
         ctl.set_target_state(tid, "offline")
