@@ -87,10 +87,7 @@ def rule_spec(rule: BlockRule) -> list[str]:
     spec += ["-m", "comment", "--comment", rule.tag]
     if rule.method == "drop":
         return spec + ["-j", "DROP"]
-    if rule.syn_only:
-        return spec + ["-j", "REJECT", "--reject-with",
-                       "icmp6-port-unreachable" if rule.family == 6 else "icmp-port-unreachable"]
-    if rule.protocol == "tcp":
+    if rule.protocol == "tcp" and not rule.syn_only:
         return spec + ["-j", "REJECT", "--reject-with", "tcp-reset"]
     unreachable = "icmp6-port-unreachable" if rule.family == 6 else "icmp-port-unreachable"
     return spec + ["-j", "REJECT", "--reject-with", unreachable]

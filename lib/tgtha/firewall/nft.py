@@ -38,21 +38,8 @@ class Nft(Firewall):
 
     def counts(self, rules: list[BlockRule], deadline: float) -> list[int]:
         """One listing of our table for every rule."""
-        listing = run(["nft", "list", "table", TABLE], deadline)
-        if not listing.ok:
-            if "No such file or directory" in listing.err:
-                return [0] * len(rules)  # table not made yet: no rules
-            raise OCFError(ERR_GENERIC, f"nft list table {TABLE} failed: {listing.err.strip()}")
-        held: dict[tuple[str, str], int] = {}
-        chain = ""
-        for line in listing.out.splitlines():
-            words = line.split()
-            if len(words) >= 2 and words[0] == "chain":
-                chain = words[1]
-            elif 'comment "' in line:
-                tag = line.rsplit('comment "', 1)[1].split('"', 1)[0]
-                held[(chain, tag)] = held.get((chain, tag), 0) + 1
-        return [held.get((CHAINS[rule.chain][0], rule.tag), 0) for rule in rules]
+        handles = self._all_handles(deadline)
+        return [len(handles.get((CHAINS[rule.chain][0], rule.tag), [])) for rule in rules]
 
     def insert(self, rule: BlockRule, deadline: float) -> None:
         chain, hook = CHAINS[rule.chain]
@@ -88,9 +75,12 @@ class Nft(Firewall):
         self._nft("; ".join(script), f"cannot change {', '.join(map(str, inserts + deletes))}", deadline)
 
     def _all_handles(self, deadline: float) -> dict[tuple[str, str], list[str]]:
+        """(chain, tag) -> handles of our rules, from one listing of our table."""
         listing = run(["nft", "-a", "list", "table", TABLE], deadline)
         if not listing.ok:
-            return {}
+            if "No such file or directory" in listing.err:
+                return {}  # table not made yet: no rules
+            raise OCFError(ERR_GENERIC, f"nft list table {TABLE} failed: {listing.err.strip()}")
         handles: dict[tuple[str, str], list[str]] = {}
         chain = ""
         for line in listing.out.splitlines():
@@ -117,8 +107,8 @@ def rule_expression(rule: BlockRule) -> str:
         address = f"meta nfproto {'ipv6' if rule.family == 6 else 'ipv4'}"
     else:
         address = f"{ip} {side}addr {rule.network}"
-    verdict = "drop" if rule.method == "drop" else "reject" if rule.syn_only \
-        else "reject with tcp reset" if rule.protocol == "tcp" else "reject"
+    verdict = "drop" if rule.method == "drop" \
+        else "reject with tcp reset" if rule.protocol == "tcp" and not rule.syn_only else "reject"
     not_reset = " tcp flags & rst == 0" if rule.lets_resets_out else ""
     syn = " tcp flags & (fin | syn | rst | ack) == syn" if rule.syn_only else ""
     return f'{address} {rule.protocol} {side}port {rule.ports.nft()}{not_reset}{syn} {verdict} comment "{rule.tag}"'
