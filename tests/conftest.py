@@ -141,6 +141,15 @@ def run_agent(agent: str, action: str, params: dict[str, str], *, ns: Netns | No
     return AgentRun(proc)
 
 
+def ocf_tester(ns: Netns, state: Path, agent: str, params: dict[str, str]) -> subprocess.CompletedProcess:
+    """resource-agents' ocf-tester on one of our agents, inside ``ns``."""
+    argv = ns.exec_argv("ocf-tester", "-v", "-n", f"{agent}-tester",
+                        *[arg for k, v in params.items() for arg in ("-o", f"{k}={v}")], str(AGENTS / agent))
+    return subprocess.run(argv, capture_output=True, text=True,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HA_RSCTMP": str(state),
+                               "OCF_ROOT": "/usr/lib/ocf"})
+
+
 # ------------------------------------------------------------------ tgtd
 
 class Tgtd:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import AGENTS, needs_root, run_agent, veth_pair
+from conftest import AGENTS, needs_root, ocf_tester, run_agent, veth_pair
 
 pytestmark = needs_root
 
@@ -170,12 +170,7 @@ def test_dotted_netmask_is_accepted(link, state_dir):
 
 @pytest.mark.skipif(shutil.which("ocf-tester") is None, reason="no ocf-tester")
 def test_ocf_tester_passes_and_leaves_no_address(link, state_dir):
-    params = vip(link)
-    argv = link.node.exec_argv("ocf-tester", "-v", "-n", "vip-tester",
-                               *[a for k, v in params.items() for a in ("-o", f"{k}={v}")], str(AGENTS / "IPaddr2"))
-    result = subprocess.run(argv, capture_output=True, text=True,
-                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HA_RSCTMP": str(state_dir),
-                                 "OCF_ROOT": "/usr/lib/ocf"})
+    result = ocf_tester(link.node, state_dir, "IPaddr2", vip(link))
     assert result.returncode == 0 and "passed all tests" in result.stdout, result.stdout + result.stderr
     assert f"{VIP}/24" not in link.addresses()
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from conftest import AGENTS, needs_root, run_agent
+from conftest import needs_root, ocf_tester, run_agent
 
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("ocf-tester") is None, reason="no ocf-tester")]
 
@@ -21,11 +20,7 @@ pytestmark = [needs_root, pytest.mark.skipif(shutil.which("ocf-tester") is None,
 ])
 def test_ocf_tester_passes(netns, state_dir, options):
     params = {"protocol": "tcp", "portno": "3260", "ip": "10.77.0.1", **options}
-    argv = netns.exec_argv("ocf-tester", "-v", "-n", "pb-tester",
-                           *[arg for k, v in params.items() for arg in ("-o", f"{k}={v}")], str(AGENTS / "portblock"))
-    result = subprocess.run(argv, capture_output=True, text=True,
-                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HA_RSCTMP": str(state_dir),
-                                 "OCF_ROOT": "/usr/lib/ocf"})
+    result = ocf_tester(netns, state_dir, "portblock", params)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed all tests" in result.stdout
     family = 6 if ":" in params["ip"] else 4
@@ -37,14 +32,6 @@ def test_ocf_tester_passes(netns, state_dir, options):
         partner = {**params, "action": "block"}
         assert run_agent("portblock", "stop", partner, ns=netns, state=state_dir).rc == 0
     assert "tgtha-portblock:" not in netns.iptables_save(family)
-
-
-def ocf_tester(ns, state_dir, agent: str, params: dict[str, str]) -> subprocess.CompletedProcess:
-    argv = ns.exec_argv("ocf-tester", "-v", "-n", f"{agent}-tester",
-                        *[arg for k, v in params.items() for arg in ("-o", f"{k}={v}")], str(AGENTS / agent))
-    return subprocess.run(argv, capture_output=True, text=True,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HA_RSCTMP": str(state_dir),
-                               "OCF_ROOT": "/usr/lib/ocf"})
 
 
 def test_ocf_tester_passes_for_tgtuser_and_leaves_no_account(iscsi_lab):
