@@ -145,8 +145,11 @@ class ISCSITarget(TgtAgent):
         if target is None:
             return ocf.NOT_RUNNING
         problem = self._mismatch(target)
-        if problem and self._passing(target):
-            return ocf.SUCCESS
+        try:
+            if problem and self._passing(target):
+                return ocf.SUCCESS
+        except TgtdUnreachable:
+            return ocf.NOT_RUNNING  # tgtd went away while we looked again: as above
         if problem:
             raise OCFError(ERR_GENERIC, f"target {iqn} (tid {target.tid}): {problem}")
         return ocf.SUCCESS
