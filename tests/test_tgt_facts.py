@@ -5,10 +5,12 @@ tgt upgrade changes one, this file says which assumption moved.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from conftest import needs_root
 from iscsi_login import AUTH_REFUSED, GOT_IN
+from tgtd_spin import connect_and_close, errno_eagain_in_tgtd, tgtd_cpu_share, tgtd_sockets
 
 pytestmark = needs_root
 
@@ -70,3 +72,19 @@ def test_unbinding_the_last_account_leaves_no_hole(iscsi_lab):
     assert "first" in iscsi_lab.show()
     assert iscsi_lab.tgtd.proc.poll() is None
     assert run_probe(iscsi_lab, IQN) == AUTH_REFUSED
+
+
+# ------------------------------------------------ management connections (usr/mgmt.c)
+
+def test_a_management_connection_closed_before_its_request_spins_tgtd_forever(iscsi_lab):
+    """tgtd 1.0.85 takes read() == 0 for "nothing yet" when errno is EAGAIN, which it
+    is in any tgtd serving initiators: each such connection stays in its event loop,
+    readable, read again and again (seen in the lab: a tgtd at 100 % of a core). Hence
+    tgtha never opens tgtd's socket without sending a whole request."""
+    make_target(iscsi_lab, 1, IQN)
+    baseline = tgtd_sockets(iscsi_lab)
+    with errno_eagain_in_tgtd(iscsi_lab):
+        connect_and_close(iscsi_lab, 5)
+    time.sleep(0.3)
+    assert tgtd_sockets(iscsi_lab) == baseline + 5
+    assert tgtd_cpu_share(iscsi_lab) > 0.5

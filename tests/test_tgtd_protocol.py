@@ -6,6 +6,7 @@ import time
 import pytest
 
 from conftest import needs_root
+from tgtd_spin import errno_eagain_in_tgtd, tgtd_cpu_share, tgtd_sockets
 from tgtha.iscsi_names import name_problem, parse_portal
 from tgtha.tgtd import TgtdControl, TgtdError, TgtdUnreachable, parse_accounts, parse_targets
 
@@ -87,6 +88,27 @@ def test_portals():
     for bad in ("10.0.0.1:0", "10.0.0.0/24:3260", "host:3260", "[fd00::1]x"):
         with pytest.raises(ValueError):
             parse_portal(bad)
+
+
+@needs_root
+def test_waiting_for_tgtd_and_the_agents_monitors_leave_no_connection_in_tgtd(iscsi_lab):
+    """A busy tgtd keeps a management connection closed before its request, and
+    spins on it (test_tgt_facts): every probe of ours is a whole request."""
+    ctl = TgtdControl(iscsi_lab.tgtd.control_port, time.monotonic() + 30)
+    ctl.create_target(1, "iqn.2026-11.test:busy")        # tgtd keeps the half login only with a target
+    account = {"username": "spinner", "password": "not-logged-anywhere"}
+    time.sleep(0.2)                                       # tgtd closes its side after answering
+    baseline = tgtd_sockets(iscsi_lab)
+    with errno_eagain_in_tgtd(iscsi_lab):
+        for _ in range(5):
+            ctl.wait_until_listening(1)
+        assert iscsi_lab.agent("tgtuser", "start", account).rc == 0
+        for _ in range(3):
+            assert iscsi_lab.agent("tgtuser", "monitor", account, meta={"interval": "10000"}).rc == 0
+        assert iscsi_lab.agent("tgtuser", "stop", account).rc == 0
+    time.sleep(0.3)
+    assert tgtd_sockets(iscsi_lab) == baseline
+    assert tgtd_cpu_share(iscsi_lab) < 0.2
 
 
 @needs_root

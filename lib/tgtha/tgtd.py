@@ -191,22 +191,28 @@ class TgtdControl:
         self.path = socket_path(control_port)
 
     def wait_until_listening(self, seconds: float) -> None:
-        """Wait up to ``seconds`` (never past the deadline) for tgtd's socket to
-        accept connections. tgt's init script and unit return as soon as tgtd
-        is forked, before it listens: what is ordered after tgtd would
-        otherwise find nothing there."""
+        """Wait up to ``seconds`` (never past the deadline) for tgtd to answer a
+        request. tgt's init script and unit return as soon as tgtd is forked,
+        before it listens: what is ordered after tgtd would otherwise find
+        nothing there.
+
+        The probe is a whole request, never a connect alone: tgtd 1.0.85 reads
+        a management connection closed before its first byte as "nothing yet"
+        whenever the errno left by its previous call is EAGAIN (usr/mgmt.c), so
+        the connection stays in its event loop, readable forever: each one
+        costs tgtd a busy loop (seen in the lab: one tgtd at 100 % of a core,
+        dozens of such connections, failovers slower with every monitor)."""
         limit = min(self.deadline, time.monotonic() + seconds)
         while True:
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
-                sock.connect(self.path)
+                self.request(MODE_SYSTEM, OP_SHOW, what="show system")
                 return
-            except (FileNotFoundError, ConnectionRefusedError):
+            except TgtdNotRunning:
                 if time.monotonic() >= limit:
                     return  # the request that follows reports it
                 time.sleep(0.05)
-            finally:
-                sock.close()
+            except (TgtdError, TgtdUnreachable):
+                return      # listening: the request that follows says what is wrong
 
     def request(self, mode: int, op: int, *, tid: int = -1, sid: int = 0, lun: int = 0,
                 cid: int = 0, device_type: int = 0, ac_dir: int = 0, force: int = 0,
