@@ -231,3 +231,50 @@ def test_a_scsi_id_giving_another_luns_wwid_is_refused(lab):
     refused = lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 2, scsi_id=second))
     assert refused.rc == 6 and "WWID of LUN 1" in refused.exit_reason, refused
     assert lab.show() == before
+
+
+def flushes_per_backing_file(lab, writes_by_lun: dict[int, int]) -> dict[str, int]:
+    """fdatasync/fsync calls tgtd makes, per backing file, while qemu-io writes
+    ``writes`` 4 KiB blocks and then flushes (SYNCHRONIZE CACHE) on each LUN."""
+    trace = lab.tmp_path / "flushes.strace"
+    tracer = subprocess.Popen(["strace", "-f", "-y", "-e", "trace=fdatasync,fsync", "-o", str(trace),
+                               "-p", str(lab.tgtd.proc.pid)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "attached" in tracer.stderr.readline()
+        time.sleep(0.5)                                     # every thread attached
+        for lun, writes in writes_by_lun.items():
+            commands = [arg for n in range(writes) for arg in ("-c", f"write -P 0x5a {n * 4096} 4k")]
+            lab.client.run("qemu-io", "-f", "raw", *commands, "-c", "flush", lab.url(TARGET, lun), timeout=60)
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+    calls = [line for line in trace.read_text().splitlines() if "fdatasync(" in line or "fsync(" in line]
+    return {name: sum(1 for line in calls if f"/{name}>" in line)
+            for name in (f"lun{lun}.img" for lun in writes_by_lun)}
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None or shutil.which("strace") is None,
+                    reason="qemu-utils or strace not installed")
+def test_write_through_flushes_every_write_and_tgts_aio_store_never_flushes_so_it_is_refused(lab, report):
+    from tgtha.iscsilogicalunit import CACHING_PAGE_WCE_OFF
+    assert lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 1)).rc == 0        # tgt's rdwr store
+    # The measurement behind the refusal: the same LUN by hand on tgt's aio store.
+    aio = lab.make_backing_file("lun2.img")
+    lab.tgtd.tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2", "-b", str(aio),
+                    "--bstype", "aio")
+    lab.tgtd.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "2",
+                    "--params", f"mode_page={CACHING_PAGE_WCE_OFF}")
+    assert write_cache(lab, 2) == "off"
+    flushes = flushes_per_backing_file(lab, {1: 20, 2: 20})
+    report(f"fdatasync by tgtd for 20 write-through writes + 1 flush: rdwr {flushes['lun1.img']}, "
+           f"aio {flushes['lun2.img']}")
+    assert flushes["lun1.img"] >= 21 and flushes["lun2.img"] == 0
+
+    refused = lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 3, tgt_bstype="aio"), instance="l3")
+    assert refused.rc == 6 and "aio" in refused.exit_reason and "never flushes" in refused.exit_reason
+    assert lab.agent("iSCSILogicalUnit", "validate-all", lun_params(lab, 3, tgt_bstype="aio")).rc == 6
+    assert "LUN: 3" not in lab.show()
+    # With write_cache=1 the initiator is told there is a cache; the agent says flushes go nowhere.
+    accepted = lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 3, tgt_bstype="aio", write_cache="1"),
+                         instance="l3")
+    assert accepted.rc == 0 and "ignores SYNCHRONIZE CACHE" in accepted.stderr

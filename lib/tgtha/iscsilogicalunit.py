@@ -153,8 +153,17 @@ class ISCSILogicalUnit(TgtAgent):
         parts = [f"path={self.path}"]
         bstype = _plain("tgt_bstype", self.param("tgt_bstype"), 64)
         bsoflags = _plain("tgt_bsoflags", self.param("tgt_bsoflags"), 64)
-        if bstype == "aio" and bsoflags == "direct":
-            bsoflags = ""  # aio always opens O_DIRECT; tgt refuses it spelled out
+        if bstype == "aio":
+            # tgt's aio store (bs_aio.c) never calls fdatasync and answers
+            # SYNCHRONIZE CACHE without doing anything: what it acknowledged may
+            # still be in the disk's cache (measured: tests/test_iscsilogicalunit.py).
+            if not self._flag("write_cache"):
+                raise OCFError(ERR_CONFIGURED, "tgt_bstype=aio cannot keep write_cache=0's promise: tgt's aio "
+                                               "store never flushes (not even on SYNCHRONIZE CACHE); use rdwr "
+                                               "(the default), or write_cache=1 on storage without a volatile "
+                                               "cache")
+            if bsoflags == "direct":
+                bsoflags = ""  # aio always opens O_DIRECT; tgt refuses it spelled out
         if bsoflags and not set(bsoflags.split(":")) <= {"direct", "sync"}:
             raise OCFError(ERR_CONFIGURED, f"tgt_bsoflags={bsoflags!r}: direct, sync or direct:sync")
         if self.param("tgt_device_type") in ("tape", "ssc"):
@@ -229,6 +238,9 @@ class ISCSILogicalUnit(TgtAgent):
     def start(self) -> int:
         self._validate()
         self._require_backing_store()
+        if self.param("tgt_bstype").strip() == "aio":
+            ocf.log_warning(f"{self.path}: tgt's aio store ignores SYNCHRONIZE CACHE: initiators' flushes "
+                            "reach no disk cache; durability rests on the backing device alone")
         target_iqn, lun = self.target_iqn, self.lun
         ctl = self.tgtd_for_start()
         try:
