@@ -9,6 +9,8 @@ LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
 LAB_BLOCK=silent|reject (tgtha portblock's method, see topology.py)
+LAB_LAYOUT=sets|group (a target's resources: ordered sets or one group, see
+topology.py; default sets with STACK=tgtha, group with STACK=stock)
 """
 from __future__ import annotations
 
@@ -52,12 +54,14 @@ class Settings:
         self.disks = env.get("LAB_DISKS") or "tmpfs"
         self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
         self.block_method = env.get("LAB_BLOCK") or "silent"
+        self.layout = env.get("LAB_LAYOUT") or ("sets" if self.stack == "tgtha" else "group")
         # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS]
-        if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
+        if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
+                or self.layout not in ("sets", "group") or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
@@ -180,6 +184,7 @@ class Run:
             "stack": settings.stack,
             "config_tool": settings.config_tool,
             "block_method": settings.block_method if settings.stack == "tgtha" else "stock (INPUT DROP)",
+            "layout": settings.layout,
             "interrupted": interrupted,
             "nodes": settings.nodes,
             "targets": settings.targets,
@@ -261,9 +266,9 @@ def main() -> int:
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
         topology = Topology(settings.stack, node_names, targets, password,
-                            block_method=settings.block_method, tickle_dir=str(disks.directory("tickle")))
+                            block_method=settings.block_method, layout=settings.layout, tickle_dir=str(disks.directory("tickle")))
         planned = len(settings.scenarios) * settings.failovers
-        progress(f"stack={settings.stack} config={settings.config_tool}: {settings.nodes} nodes, "
+        progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout}: {settings.nodes} nodes, "
                  f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "
                  f"of {', '.join(settings.scenarios)} (at most {planned * failover_bound_s(settings) / 60:.0f} "
                  "min for the failovers)")

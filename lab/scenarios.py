@@ -202,7 +202,7 @@ class Lab:
             anchor.run("crm_attribute", "-t", "nodes", "-N", node.name, "-n", "standby", "-v", "off",
                        check=False)
         for target in self.topology.targets:
-            anchor.run("crm_resource", "--clear", "-r", target.group, check=False)
+            anchor.run("crm_resource", "--clear", "-r", self.topology.placement(target), check=False)
         anchor.run("crm_resource", "--cleanup", check=False)
         return wait_for(lambda: not self.cluster.booting() and self.all_active() and self.cluster.settled(),
                         self.settle_timeout_s, interval=1)
@@ -243,12 +243,12 @@ def move_one_group(lab: Lab, number: int) -> Failover:
     node = lab.cluster.any_node()
 
     def do() -> None:
-        node.run("crm_resource", "--move", "-r", target.group, "-N", destination, check=False)
+        node.run("crm_resource", "--move", "-r", lab.topology.placement(target), "-N", destination, check=False)
 
     record = lab.failover("move", number, f"move {target.group} {source} -> {destination}", do,
                           [target.group], ready_extra=lambda: lab.group_nodes()[target.group] == destination,
                           victim=source)
-    node.run("crm_resource", "--clear", "-r", target.group, check=False)
+    node.run("crm_resource", "--clear", "-r", lab.topology.placement(target), check=False)
     return record
 
 

@@ -5,9 +5,20 @@ configuration loaded with ``crm configure load update``, or the pcs commands
 an administrator types (run against a CIB file, then pushed, which is
 ``pcs cluster cib`` / ``pcs cluster cib-push`` done with cibadmin).
 
-Per target group: portblock block -> IPaddr2 VIP -> iSCSITarget -> LUNs ->
-portblock unblock, so initiator traffic is blocked for the whole teardown and
-bring-up. Clones: tgtd, and (tgtha stack) the shared CHAP account.
+Per target: portblock block -> IPaddr2 VIP -> iSCSITarget -> LUNs -> portblock
+unblock, so initiator traffic is blocked for the whole teardown and bring-up.
+Clones: tgtd, and (tgtha stack) the shared CHAP account.
+
+Two layouts of a target's resources:
+- "group": one Pacemaker group, every member after the previous one (what
+  stock users configure).
+- "sets" (tgtha's default): the same members colocated with the block and
+  ordered only where one needs the other: block -> target -> (LUNs, in
+  parallel) -> unblock, and block -> VIP -> unblock. The VIP comes up while the
+  target is made, the LUNs start together; the target still stops before the
+  block goes, so its connections close under the block. Each step of a group is
+  a Pacemaker round trip (0.1-0.2 s measured), so the depth matters: 4 steps
+  instead of 6 each way with two LUNs.
 """
 from __future__ import annotations
 
@@ -66,6 +77,7 @@ class Topology:
     targets: list[Target]
     chap_password: str
     block_method: str = "silent"    # tgtha portblock: "silent" or "reject"
+    layout: str = "sets"            # "sets" or "group", see the module docstring
     tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
 
     # ------------------------------------------------------------ the model
@@ -122,6 +134,17 @@ class Topology:
     def last_clone(self) -> str:
         return self.clones()[-1][0]
 
+    def placement(self, target: Target) -> str:
+        """What to move or pin to move a target's resources: the group, or the block they follow."""
+        return target.group if self.layout == "group" else f"p_block_{target.name}"
+
+    def _set_constraints(self, target: Target) -> tuple[list[tuple[str, str]], list[list[list[str]]]]:
+        """The "sets" layout: (dependent, anchor) colocations and ordered chains of parallel sets."""
+        block, vip, iscsi_target, *luns, unblock = [p.id for p in self.group_members(target)]
+        colocations = [(member, block) for member in (vip, iscsi_target, *luns, unblock)]
+        orders = [[[block], [iscsi_target], luns, [unblock]], [[block], [vip], [unblock]]]
+        return colocations, orders
+
     # ------------------------------------------------------------ crmsh
 
     def crm_configuration(self) -> str:
@@ -141,10 +164,20 @@ class Topology:
         for target in self.targets:
             members = self.group_members(target)
             lines += [_crm_primitive(p) for p in members]
-            lines.append(f"group {target.group} " + " ".join(p.id for p in members))
-            lines.append(f"location l_{target.name} {target.group} 100: {target.preferred_node}")
-            lines.append(f"order o_{target.name} Mandatory: {self.last_clone} {target.group}")
-            lines.append(f"colocation c_{target.name} inf: {target.group} {self.last_clone}")
+            anchor = self.placement(target)
+            if self.layout == "group":
+                lines.append(f"group {target.group} " + " ".join(p.id for p in members))
+                needs_clones = target.group
+            else:
+                colocations, orders = self._set_constraints(target)
+                lines += [f"colocation c_{member} inf: {member} {primary}" for member, primary in colocations]
+                for number, chain in enumerate(orders, 1):
+                    sets = " ".join(s[0] if len(s) == 1 else "( " + " ".join(s) + " )" for s in chain)
+                    lines.append(f"order o_{target.name}_{number} Mandatory: {sets}")
+                needs_clones = f"p_target_{target.name}"   # block and VIP do not need tgtd
+            lines.append(f"location l_{target.name} {anchor} 100: {target.preferred_node}")
+            lines.append(f"order o_{target.name} Mandatory: {self.last_clone} {needs_clones}")
+            lines.append(f"colocation c_{target.name} inf: {anchor} {self.last_clone}")
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------ pcs
@@ -164,13 +197,25 @@ class Topology:
                 commands.append(["constraint", "colocation", "add", clone_id, "with", previous, "INFINITY"])
             previous = clone_id
         for target in self.targets:
-            for primitive in self.group_members(target):
-                commands.append(_pcs_create(primitive) + ["--group", target.group])
-            commands.append(["constraint", "location", target.group, "prefers",
-                             f"{target.preferred_node}=100"])
-            commands.append(["constraint", "order", "start", self.last_clone, "then", "start", target.group])
-            commands.append(["constraint", "colocation", "add", target.group, "with", self.last_clone,
-                             "INFINITY"])
+            anchor = self.placement(target)
+            if self.layout == "group":
+                for primitive in self.group_members(target):
+                    commands.append(_pcs_create(primitive) + ["--group", target.group])
+                needs_clones = target.group
+            else:
+                commands += [_pcs_create(primitive) for primitive in self.group_members(target)]
+                colocations, orders = self._set_constraints(target)
+                commands += [["constraint", "colocation", "add", member, "with", primary, "INFINITY"]
+                             for member, primary in colocations]
+                for chain in orders:
+                    argv = ["constraint", "order"]
+                    for members in chain:
+                        argv += ["set", *members] + (["sequential=false"] if len(members) > 1 else [])
+                    commands.append(argv)
+                needs_clones = f"p_target_{target.name}"
+            commands.append(["constraint", "location", anchor, "prefers", f"{target.preferred_node}=100"])
+            commands.append(["constraint", "order", "start", self.last_clone, "then", "start", needs_clones])
+            commands.append(["constraint", "colocation", "add", anchor, "with", self.last_clone, "INFINITY"])
         return commands
 
     # ------------------------------------------------------------ what the lab checks

@@ -95,9 +95,11 @@ def test_every_failover_is_a_pause_never_an_error(tmp_path, report):
 
 
 def test_the_same_topology_configured_with_pcs(tmp_path, report):
-    lab = run_lab(tmp_path, LAB_CONFIG="pcs", LAB_TARGETS="2", LAB_LUNS="1", LAB_FAILOVERS="2",
+    """pcs: the "sets" layout's colocations and ordered sets (two LUNs in parallel)."""
+    lab = run_lab(tmp_path, LAB_CONFIG="pcs", LAB_TARGETS="2", LAB_LUNS="2", LAB_FAILOVERS="2",
                   LAB_SCENARIOS="move")
-    assert lab["config_tool"] == "pcs" and lab["all_started"] and not lab["start_failed_actions"]
+    assert lab["config_tool"] == "pcs" and lab["layout"] == "sets"
+    assert lab["all_started"] and not lab["start_failed_actions"]
     assert_no_failover_hurt_an_initiator(lab)
     report(f"lab (pcs) move: pause max {lab['scenarios'][0]['pause_max_s']}s")
 
@@ -106,8 +108,9 @@ def test_an_unsettled_failover_is_recorded_and_recovered_and_an_interrupted_run_
     """A failover whose LUN start fails on every node (injected) does not stall the lab:
     its state is kept, the cluster is brought back, the next failover settles. Then
     SIGTERM mid-run: the report of what completed is written, marked interrupted,
-    and everything is torn down."""
+    and everything is torn down. (With the "group" layout: moved as a group.)"""
     env = lab_env(tmp_path, LAB_TARGETS="2", LAB_LUNS="1", LAB_FAILOVERS="4", LAB_SCENARIOS="move",
+                  LAB_LAYOUT="group",
                   LAB_INJECT="move:1", LAB_SETTLE_TIMEOUT="30")
     lab = subprocess.Popen(["/usr/bin/python3", str(REPO / "lab" / "lab.py")], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
