@@ -189,3 +189,121 @@ def test_silent_needs_tcp_both_ways(pair, state_dir):
         result = run_agent("portblock", "validate-all", {**unblock_params("silent"), **extra},
                            ns=pair.server, state=state_dir)
         assert result.rc == 6 and "method=silent" in result.stderr
+
+
+# ---------------------------------------------------------------- an address that comes back
+
+VIP, CLIENT_SOURCE, CLIENT_PORT = "10.83.9.1", "10.83.8.2", 47123
+
+# The listener closes a connection first when it is sent "bye": its side then
+# stays in TIME-WAIT for 60 s (as tgtd leaves one for every refused login).
+CLOSING_LISTENER = LISTENER.replace("""def drain(c):
+    try:""", """def drain(c):
+    try:
+        if c.recv(3) == b"bye":
+            c.close()
+            return""")
+
+# One connection from a fixed port, as an initiator reconnecting on a port it used before.
+FIXED_PORT_CLIENT = CLIENT.replace(
+    "c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)",
+    "c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5, source_address=(sys.argv[3], int(sys.argv[4])))")
+
+BYE = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5, source_address=(sys.argv[3], int(sys.argv[4])))
+c.send(b"bye")
+c.recv(1)
+c.close()
+"""
+
+
+class MovingAddress:
+    """Two nodes that take turns holding VIP, and a client routed to whichever holds it."""
+
+    def __init__(self, make_netns):
+        self.client = make_netns("cli")
+        self.client.add_address(f"{CLIENT_SOURCE}/32")
+        self.nodes = [make_netns("nodea"), make_netns("nodeb")]
+        self.listeners = []
+        for number, node in enumerate(self.nodes, 1):
+            veth_pair(node, self.client, f"10.83.{number}.1/24", f"10.83.{number}.2/24")
+            node.add_address(f"{VIP}/32")
+            node.run("ip", "route", "add", f"{CLIENT_SOURCE}/32", "via", f"10.83.{number}.2")
+            self.listeners.append(subprocess.Popen(node.exec_argv(sys.executable, "-c", CLOSING_LISTENER, VIP, PORT)))
+        time.sleep(0.3)
+        self.talker = None
+
+    def route_to(self, number: int) -> None:
+        self.client.run("ip", "route", "replace", f"{VIP}/32", "via", f"10.83.{number}.1", "src", CLIENT_SOURCE)
+
+    def close(self) -> None:
+        for proc in [self.talker, *self.listeners]:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def moving(make_netns):
+    m = MovingAddress(make_netns)
+    yield m
+    m.close()
+
+
+def returning_address(moving, state_dir, tmp_path, agent_tickles: bool) -> float | None:
+    """Node A closed a connection from the client's port less than 60 s ago; the
+    address moves to B, the client connects again from that port, B blocks
+    silently, the address returns to A and A unblocks with tickles. Seconds from
+    A's unblock to the client's reset, None if it is not reset within 1 s."""
+    a, b = moving.nodes
+    tickles = tmp_path / "tickle"
+    tickles.mkdir()
+    p = {"protocol": "tcp", "portno": PORT, "ip": VIP, "action": "unblock", "direction": "both",
+         "method": "silent", "tickle_dir": str(tickles)}
+    moving.route_to(1)
+    moving.client.run(sys.executable, "-c", BYE, VIP, PORT, CLIENT_SOURCE, str(CLIENT_PORT))
+    assert a.run("ss", "-Htan", "state", "time-wait").stdout.strip(), "no TIME-WAIT socket on A"
+    moving.route_to(2)
+    state_b, state_a = state_dir / "b", state_dir / "a"
+    state_b.mkdir()
+    state_a.mkdir()
+    assert run_agent("portblock", "start", p, ns=b, state=state_b).rc == 0
+    moving.talker = subprocess.Popen(moving.client.exec_argv(sys.executable, "-u", "-c", FIXED_PORT_CLIENT, VIP,
+                                                             PORT, CLIENT_SOURCE, str(CLIENT_PORT)),
+                                     stdout=subprocess.PIPE, text=True)
+    assert moving.talker.stdout.readline().strip() == "connected"
+    time.sleep(0.3)
+    assert run_agent("portblock", "stop", p, ns=b, state=state_b).rc == 0          # B blocks, saves the tickle list
+    moving.route_to(1)
+    time.sleep(3.5)              # between the client's retransmissions (see silent_failover)
+    unblocked = time.monotonic()
+    if agent_tickles:
+        assert run_agent("portblock", "start", p, ns=a, state=state_a).rc == 0
+    else:
+        # Negative control: the same tickles with the TIME-WAIT socket left in place.
+        a.run("/usr/libexec/heartbeat/tickle_tcp", "-n", "3", input=(tickles / VIP).read_text())
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if moving.talker.poll() is not None:
+            line = moving.talker.stdout.readline().split()
+            return float(line[1]) - unblocked if line and line[0] == "reset" else None
+        time.sleep(0.02)
+    return None
+
+
+def test_a_time_wait_socket_left_on_the_returning_node_does_not_hide_the_client_from_the_tickle(
+        moving, state_dir, tmp_path):
+    """Seen in the lab (1 standby in 60): an initiator's connection matched a TIME-WAIT
+    socket that tgtd had left on the node the address came back to; it answered the
+    tickle's reply with an ACK, not a reset, and the initiator waited 15 s for its own
+    NOP timeout. The unblock drops such sockets before it tickles, and tickles again
+    0.6 s later: the client's ACKs to the TIME-WAIT socket just before the unblock
+    use up its allowance of one per 500 ms (tcp_invalid_ratelimit)."""
+    after = returning_address(moving, state_dir, tmp_path, agent_tickles=True)
+    assert after is not None and after < 0.9, f"the client learnt of the unblock after {after} s"
+
+
+def test_with_the_time_wait_socket_left_the_tickle_does_not_reset_the_client(moving, state_dir, tmp_path):
+    """Negative control of the test above."""
+    assert returning_address(moving, state_dir, tmp_path, agent_tickles=False) is None

@@ -270,6 +270,7 @@ class Portblock(ocf.Agent):
         self._apply(action)
         if action == "unblock":
             self._sweep_other_backends()
+            self._forget_time_wait()
             self._tickle_remote()
         self._touch(self._state_file(action))
         return ocf.SUCCESS
@@ -480,6 +481,25 @@ class Portblock(ocf.Agent):
             except OSError as err:
                 ocf.log_warning(f"sync_script {sync_command[0]} could not run: {err}")
 
+    def _forget_time_wait(self) -> None:
+        """Before initiators are let in (and tickled): TIME-WAIT sockets this node
+        kept from its last time with this address would answer their
+        connections with ACKs instead of resets (sockdiag.forget_time_wait)."""
+        if self.protocol != "tcp":
+            return
+        from .sockdiag import forget_time_wait
+        try:
+            dropped, left = forget_time_wait(self.network, self.ports)
+        except OSError as err:
+            ocf.log_warning(f"cannot list TIME-WAIT sockets: {err}")
+            return
+        if left:
+            ocf.log_warning(f"{self._describe()}: {left} TIME-WAIT socket(s) could not be dropped (kernel without"
+                            " SOCK_DESTROY for them): initiators whose connections match them wait for"
+                            " their own timeouts")
+        elif dropped:
+            ocf.log_info(f"{self._describe()}: dropped {dropped} TIME-WAIT socket(s)")
+
     def _tickle_remote(self) -> None:
         """Send tickle ACKs to the clients recorded by the previous node."""
         if not self.tickle_dir:
@@ -498,6 +518,30 @@ class Portblock(ocf.Agent):
             return
         if not result.ok:
             ocf.log_warning(f"tickle_tcp failed: {result.err.strip()}")
+            return
+        self._tickle_again_later(tickle_tcp, data)
+
+    # A client answers a tickle with an ACK, and sends at most one such ACK per
+    # tcp_invalid_ratelimit (500 ms) per connection: if it sent one just before
+    # (to a TIME-WAIT socket here, or to the old node), the tickle goes
+    # unanswered and the client waits for its next retransmission, seconds away.
+    TICKLE_AGAIN_AFTER_S = 0.6
+
+    def _tickle_again_later(self, tickle_tcp: str, data: bytes) -> None:
+        """The same tickles once more, from a detached process: the start does not wait."""
+        import tempfile
+        try:
+            with tempfile.TemporaryFile() as copy, open(os.devnull, "wb") as null:
+                copy.write(data)
+                copy.seek(0)
+                os.posix_spawn("/bin/sh", ["sh", "-c", f'sleep {self.TICKLE_AGAIN_AFTER_S}; exec "$0" -n 3',
+                                           tickle_tcp],
+                               dict(os.environ, LC_ALL="C"), setsid=True, file_actions=[
+                                   (os.POSIX_SPAWN_DUP2, copy.fileno(), 0),
+                                   (os.POSIX_SPAWN_DUP2, null.fileno(), 1),
+                                   (os.POSIX_SPAWN_DUP2, null.fileno(), 2)])
+        except OSError as err:
+            ocf.log_warning(f"tickle: cannot tickle again: {err}")
 
     # -------------------------------------------------------------- plumbing
 

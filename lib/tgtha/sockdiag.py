@@ -189,3 +189,25 @@ def close_sockets(network: Network, ports: PortSet, deadline: float,
         finally:
             sock.close()
         time.sleep(0.005)
+
+
+def forget_time_wait(network: Network, ports: PortSet) -> tuple[int, int]:
+    """Drop the TIME-WAIT sockets on ``network``/``ports``, one pass; returns
+    (dropped, left). A TIME-WAIT socket answers a segment of a newer connection
+    with the same addresses with an ACK where a node without it would answer
+    with a reset. That newer connection is an initiator's connection to the
+    node that held the address meanwhile: while the TIME-WAIT lasts (60 s), the
+    initiator is never reset, and waits out its own timeouts. Kernels that
+    cannot destroy TIME-WAIT sockets leave them (counted as left)."""
+    found = list_sockets(network, ports, states=1 << TCP_TIME_WAIT)
+    if not found:
+        return 0, 0
+    sock = _netlink_socket()
+    try:
+        for victim in found:
+            _destroy(sock, victim)
+    finally:
+        sock.close()
+    left = len(list_sockets(network, ports, states=1 << TCP_TIME_WAIT))
+    return max(0, len(found) - left), left
+
