@@ -15,7 +15,8 @@ AGENTS      = $(notdir $(wildcard agents/*))
 DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-agents \
                   pacemaker pacemaker-cli-utils corosync crmsh pcs tini python3-matplotlib \
                   python3 python3-lxml python3-filelock python3-iptables python3-pytest libxml2-utils \
-                  hyperfine qemu-utils qemu-block-extra iputils-ping strace
+                  hyperfine qemu-utils qemu-block-extra iputils-ping strace \
+                  qemu-system-x86 linux-image-amd64 open-iscsi busybox-static xfsprogs kmod cpio gcc libc6-dev
 
 .PHONY: all deps test install uninstall bench clean lab
 
@@ -47,6 +48,6 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # make lab STACK=stock LAB_TARGETS=2 ... : the lab's knobs (lab/lab.py) pass through.
-export STACK LAB_LAYOUT LAB_BLOCK LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT LAB_DISKS LAB_REBOOT_DELAY_S
+export STACK LAB_LAYOUT LAB_BLOCK LAB_INITIATOR LAB_GUESTS LAB_REPLACEMENT_TIMEOUT LAB_OUTAGE_S LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT LAB_DISKS LAB_REBOOT_DELAY_S
 lab: install
 	$(PYTHON) lab/lab.py

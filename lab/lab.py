@@ -11,6 +11,10 @@ LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
 LAB_BLOCK=silent|reject (tgtha portblock's method, see topology.py)
 LAB_LAYOUT=sets|group (a target's resources: ordered sets or one group, see
 topology.py; default sets with STACK=tgtha, group with STACK=stock)
+LAB_INITIATOR=libiscsi|kernel (qemu-io's libiscsi, or Linux guests with open-iscsi
+and a file system per LUN, see guests.py) LAB_GUESTS=2 LAB_REPLACEMENT_TIMEOUT=120
+LAB_SCENARIOS may add "outage" (every target refused for LAB_OUTAGE_S=5 seconds, no
+failover: the detectors' negative control)
 """
 from __future__ import annotations
 
@@ -23,14 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from cluster import CLIENT_IP, Cluster, wait_for
+from cluster import CLIENT_IP, SUBNET, Cluster, wait_for
 from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
 from report import representative, summarize, table, write_gantt, write_json, write_timeline
-from scenarios import RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
+from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
 from topology import CHAP_USER, Target, Topology
 
 LUN_SIZE = 64 << 20
+GUEST_ADDRESSES = [f"{SUBNET}.{210 + n}" for n in range(1, 10)]
 
 
 class Settings:
@@ -39,7 +44,7 @@ class Settings:
         self.targets = int(env.get("LAB_TARGETS") or "6")
         self.luns = int(env.get("LAB_LUNS") or "2")
         self.failovers = int(env.get("LAB_FAILOVERS") or "10")
-        self.scenarios = [s for s in (env.get("LAB_SCENARIOS") or ",".join(SCENARIOS)).split(",") if s]
+        self.scenarios = [s for s in (env.get("LAB_SCENARIOS") or ",".join(DEFAULT_SCENARIOS)).split(",") if s]
         self.stack = env.get("STACK") or "tgtha"
         self.config_tool = env.get("LAB_CONFIG") or "crm"
         self.out = Path(env.get("LAB_OUT") or "lab-out").resolve()
@@ -55,13 +60,18 @@ class Settings:
         self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
         self.block_method = env.get("LAB_BLOCK") or "silent"
         self.layout = env.get("LAB_LAYOUT") or ("sets" if self.stack == "tgtha" else "group")
+        self.initiator = env.get("LAB_INITIATOR") or "libiscsi"
+        self.guests = int(env.get("LAB_GUESTS") or "2")
+        self.replacement_timeout_s = int(env.get("LAB_REPLACEMENT_TIMEOUT") or "120")
+        self.outage_s = float(env.get("LAB_OUTAGE_S") or "5")
         # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
-                or self.layout not in ("sets", "group") or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
+                or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel") \
+                or not 1 <= self.guests <= 9 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
@@ -123,6 +133,7 @@ class Run:
         self.progress = progress
         self.initiators: list[LunInitiator] = []
         self.prober: UnauthenticatedProber | None = None
+        self.fleet = None                                  # guests.GuestFleet (LAB_INITIATOR=kernel)
         self.results: dict[str, list[Failover]] = {}
         self.ended_early: dict[str, str] = {}
         self.start_failures: list[str] = []
@@ -178,6 +189,7 @@ class Run:
         scenarios = [summarize(name, records) for name, records in self.results.items()]
         for scenario in scenarios:
             scenario["ended_early"] = self.ended_early.get(scenario["name"])
+            scenario["initiator"] = settings.initiator
         pauses = [s["pause_max_s"] for s in scenarios if s["pause_max_s"] is not None]
         initiators = self.initiators
         return {
@@ -190,7 +202,10 @@ class Run:
             "targets": settings.targets,
             "luns": settings.targets * settings.luns,
             "backing_store": self.backing_store,
-            "initiator": "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB",
+            "initiator": (f"kernel: {settings.guests} Linux guests, open-iscsi, ext4/xfs, O_DIRECT|O_DSYNC "
+                          "4 KiB records re-read and checked, one CHAP account, replacement_timeout "
+                          f"{settings.replacement_timeout_s} s" if settings.initiator == "kernel"
+                          else "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB"),
             "start_failed_actions": self.start_failures,
             "serving": self.serving,
             "resources_not_started_at_start": self.not_started,
@@ -236,6 +251,28 @@ class Run:
         print("\n".join(["", str(out / "report.json"), str(out / "timeline.png"), *gantts]), flush=True)
 
 
+def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topology, luns: list[Lun],
+                            password: str, run_dir: Path, progress: Progress):
+    """Guests booted, logged in to every target with the shared account, a file system and a
+    writer on each LUN (guests.py)."""
+    from guests import assign_luns, start_guests
+    began = time.monotonic()
+    fleet = start_guests(settings.guests, GUEST_ADDRESSES, 24, cluster.switch, "br0", run_dir, progress)
+    try:
+        assign_luns(fleet, luns)
+        targets = [(t.vip, t.iqn) for t in topology.targets]
+        for guest in fleet.guests:
+            guest.log_in(targets, CHAP_USER, password, settings.replacement_timeout_s)
+        for guest in fleet.guests:
+            guest.mount_and_write(int(settings.io_gap_s * 1000))
+    except BaseException:
+        fleet.stop()
+        raise
+    progress(f"{settings.guests} guests up and logged in to {len(targets)} targets in "
+             f"{time.monotonic() - began:.0f}s")
+    return fleet
+
+
 def main() -> int:
     settings = Settings()
     progress = Progress()
@@ -265,10 +302,14 @@ def main() -> int:
                 paths.append(disks.file(f"t{index}-lun{lun}.img", LUN_SIZE))
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
-        topology = Topology(settings.stack, node_names, targets, password,
-                            block_method=settings.block_method, layout=settings.layout, tickle_dir=str(disks.directory("tickle")))
+        initiator_addresses = [CLIENT_IP] + (GUEST_ADDRESSES[:settings.guests]
+                                             if settings.initiator == "kernel" else [])
+        topology = Topology(settings.stack, node_names, targets, password, block_method=settings.block_method,
+                            layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
+                            initiator_addresses=initiator_addresses)
         planned = len(settings.scenarios) * settings.failovers
-        progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout}: {settings.nodes} nodes, "
+        progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout} "
+                 f"initiator={settings.initiator}: {settings.nodes} nodes, "
                  f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "
                  f"of {', '.join(settings.scenarios)} (at most {planned * failover_bound_s(settings) / 60:.0f} "
                  "min for the failovers)")
@@ -276,6 +317,7 @@ def main() -> int:
         progress(f"cluster up: {', '.join(node_names)} online, fencing by fence_tgthalab")
         configure(cluster, topology, settings.config_tool, run_dir)
         lab = Lab(cluster, topology, run.initiators, settings.settle_timeout_s, settings.inject)
+        lab.outage_s = settings.outage_s
         run.all_started = wait_for(lambda: lab.all_active() and cluster.settled(),
                                    settings.settle_timeout_s, interval=1)
         run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
@@ -290,8 +332,13 @@ def main() -> int:
         secret_file.write_text(password)
         secret_file.chmod(0o600)
         luns = [Lun(t.name, t.iqn, t.vip, n) for t in targets for n in t.lun_numbers()]
-        run.initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
-                           for seed, lun in enumerate(luns)]
+        if settings.initiator == "kernel":
+            run.fleet = start_kernel_initiators(settings, cluster, topology, luns, password, run_dir, progress)
+            lab.fleet = run.fleet
+            run.initiators += run.fleet.luns
+        else:
+            run.initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
+                               for seed, lun in enumerate(luns)]
         run.load_start = time.monotonic()
         for initiator in run.initiators:
             initiator.start()
@@ -302,7 +349,9 @@ def main() -> int:
         wait_for(lambda: all(i.log.completions for i in run.initiators), 60)
         time.sleep(3)
         run.idle = [i.lun.name for i in run.initiators if not i.log.completions]
-        progress(f"load running on {len(run.initiators)} LUNs from {CLIENT_IP} (qemu-io, libiscsi, CHAP)"
+        progress(f"load running on {len(run.initiators)} LUNs "
+                 + (f"from {settings.guests} guests (open-iscsi, ext4/xfs, CHAP)" if run.fleet
+                    else f"from {CLIENT_IP} (qemu-io, libiscsi, CHAP)")
                  + (f"; NO I/O on {run.idle}" if run.idle else ""))
 
         run.serving = len(run.idle) < len(run.initiators)
@@ -326,6 +375,8 @@ def main() -> int:
                 initiator.stop()
             if run.prober is not None:
                 run.prober.stop()
+            if run.fleet is not None:
+                run.fleet.stop()
             cluster.down()
         finally:
             disks.remove()

@@ -37,6 +37,10 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "failed_actions": sum(len(f.failed_actions) for f in failovers),
         "stalled_initiators": sum(len(f.stalled) for f in failovers),
         "injected_failures": sum(len(f.injected_failures) for f in failovers),
+        "kernel_io_errors": sum(len(f.kernel_io_errors) for f in failovers),
+        "ro_remounts": sum(len(f.ro_remounts) for f in failovers),
+        "sessions_not_back": sum(len(f.sessions_not_back) for f in failovers),
+        "wwid_changes": sum(len(f.wwid_changes) for f in failovers),
         "details": [{
             "action": f.action,
             "settled_s": _round(f.settled_s),
@@ -53,6 +57,10 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "unauth_logins": f.unauth_logins,
             "failed_actions": f.failed_actions,
             "injected_failures": f.injected_failures,
+            "kernel_io_errors": f.kernel_io_errors,
+            "ro_remounts": f.ro_remounts,
+            "sessions_not_back": f.sessions_not_back,
+            "wwid_changes": f.wwid_changes,
         } for f in failovers],
     }
 
@@ -64,11 +72,17 @@ def _round(value: float | None) -> float | None:
 def table(report: dict) -> str:
     header = ("scenario", "n", "settled", "pause p50", "p99", "max", "cluster p50", "max", "I/O err",
               "mismatch", "unauth", "failed act", "stalled")
+    kernel = any(s.get("initiator") == "kernel" for s in report["scenarios"])
+    if kernel:
+        header += ("kernel err", "read-only", "sessions down", "WWID changed")
     rows = [header]
     for s in report["scenarios"]:
-        rows.append((s["name"], s["failovers"], s["settled"], _s(s["pause_p50_s"]), _s(s["pause_p99_s"]),
-                     _s(s["pause_max_s"]), _s(s["cluster_p50_s"]), _s(s["cluster_max_s"]), s["io_errors"],
-                     s["mismatches"], s["unauth_logins"], s["failed_actions"], s["stalled_initiators"]))
+        row = (s["name"], s["failovers"], s["settled"], _s(s["pause_p50_s"]), _s(s["pause_p99_s"]),
+               _s(s["pause_max_s"]), _s(s["cluster_p50_s"]), _s(s["cluster_max_s"]), s["io_errors"],
+               s["mismatches"], s["unauth_logins"], s["failed_actions"], s["stalled_initiators"])
+        if kernel:
+            row += (s["kernel_io_errors"], s["ro_remounts"], s["sessions_not_back"], s["wwid_changes"])
+        rows.append(row)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
              for r in rows]

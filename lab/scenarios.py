@@ -44,6 +44,11 @@ class Failover:
     actions: list[dict] = field(default_factory=list)   # timeline.Span.relative_to(), in order
     pause_spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # seconds from start
     unsettled: dict | None = None               # what the cluster looked like, and the recovery
+    # Kernel initiators only (guests.py): what the guests' kernels said.
+    kernel_io_errors: list[str] = field(default_factory=list)
+    ro_remounts: list[str] = field(default_factory=list)
+    sessions_not_back: list[str] = field(default_factory=list)
+    wwid_changes: list[str] = field(default_factory=list)
 
 
 class Lab:
@@ -58,6 +63,8 @@ class Lab:
         self.settle_timeout_s = settle_timeout_s
         self.seen_failures: set[tuple[str, ...]] = set()
         self.inject = inject or set()           # (scenario, number): a start that fails, on purpose
+        self.fleet = None                       # guests.GuestFleet with kernel initiators
+        self.outage_s = 5.0                     # the "outage" scenario's length
 
     def new_failures(self) -> list[dict[str, str]]:
         """Failed operations recorded since the last call. Failures are not
@@ -144,6 +151,8 @@ class Lab:
         record.retried_unit_attentions = sum(len(i.log.retried) for i in self.initiators) - retries_before
         record.mismatches = sum(len(i.log.mismatches) for i in self.initiators) - mismatches_before
         record.unauth_logins = len(self.prober.successes) - logins_before
+        if self.fleet is not None:
+            self._kernel_side(record, end)
         for failure in failures + self.new_failures():
             text = f"{failure.get('op_key')} on {failure.get('node')}: {failure.get('exitreason') or failure.get('status')}"
             (record.injected_failures if injected(failure) or hidden is not None
@@ -158,6 +167,23 @@ class Lab:
         record.actions = [span.relative_to(record.started_wall)
                           for span in read_spans(logs, record.started_wall, until)]
         return record
+
+    def _kernel_side(self, record: Failover, end: float) -> None:
+        """The guests' kernel log, iSCSI sessions and WWIDs over this failover."""
+        fleet = self.fleet
+        record.kernel_io_errors = [e.line for e in fleet.events_between(record.started, end, "io_error")]
+        record.ro_remounts = [e.line for e in fleet.events_between(record.started, end, "read_only")]
+        for guest in fleet.guests:
+            try:
+                record.sessions_not_back += [f"{guest.name}: {iqn}" for iqn in guest.sessions_not_logged_in()]
+                now = guest.devices()
+            except (RuntimeError, OSError) as err:
+                record.sessions_not_back.append(f"{guest.name}: no answer ({err})")
+                continue
+            for lun in guest.luns.values():
+                wwid = now.get((lun.lun.iqn, lun.lun.lun), ("", "gone"))[1]
+                if wwid != lun.wwid:
+                    record.wwid_changes.append(f"{lun.lun.name}: {lun.wwid} -> {wwid}")
 
     # ------------------------------------------------------------ when a failover does not settle
 
@@ -304,9 +330,33 @@ def kill_tgtd(lab: Lab, number: int) -> Failover:
                         groups, injected=injected, victim=victim)
 
 
+OUTAGE_RULE = ["-p", "tcp", "--dport", "3260", "-m", "comment", "--comment", "tgtha-lab-outage",
+               "-j", "REJECT", "--reject-with", "tcp-reset"]
+
+
+def outage(lab: Lab, number: int) -> Failover:
+    """No failover: every node refuses port 3260 for ``lab.outage_s``, then lets
+    it through again. The detectors' negative control: an outage longer than the
+    initiators' replacement_timeout must show their I/O errors and read-only
+    file systems in the report, a short one none."""
+    nodes = [n for n in lab.cluster.nodes if n.powered]
+
+    def do() -> None:
+        for node in nodes:
+            node.run("iptables", "-I", "INPUT", *OUTAGE_RULE)
+        time.sleep(lab.outage_s)
+        for node in nodes:
+            node.run("iptables", "-D", "INPUT", *OUTAGE_RULE, check=False)
+
+    groups = [t.group for t in lab.topology.targets]
+    return lab.failover("outage", number, f"outage of every target for {lab.outage_s:.0f}s", do, groups)
+
+
 SCENARIOS = {
     "move": move_one_group,
     "standby": standby_node,
     "power-off": power_off_node,
     "kill-tgtd": kill_tgtd,
+    "outage": outage,
 }
+DEFAULT_SCENARIOS = ["move", "standby", "power-off", "kill-tgtd"]

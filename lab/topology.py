@@ -79,6 +79,7 @@ class Topology:
     block_method: str = "silent"    # tgtha portblock: "silent" or "reject"
     layout: str = "sets"            # "sets" or "group", see the module docstring
     tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
+    initiator_addresses: list[str] = field(default_factory=lambda: [CLIENT_IP])   # the targets' ACL
 
     # ------------------------------------------------------------ the model
 
@@ -112,7 +113,7 @@ class Topology:
             # Stock has no shared account: every target makes (and deletes) the same one.
             account["incoming_password"] = self.chap_password
         target_params = {"implementation": "tgt", "iqn": target.iqn, "tid": str(target.index),
-                         "portals": f"{target.vip}:3260", "allowed_initiators": CLIENT_IP, **account}
+                         "portals": f"{target.vip}:3260", "allowed_initiators": " ".join(self.initiator_addresses), **account}
         members = [
             Primitive(f"p_block_{target.name}", f"ocf:{provider}:portblock", {**block, "action": "block"}),
             # Ours: same parameters, through rtnetlink instead of ~43 processes per start.

@@ -51,7 +51,7 @@ def run_lab(tmp_path, **knobs: str) -> dict:
 def assert_nothing_left_behind() -> None:
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert PREFIX not in namespaces
-    for comm in ("qemu-io", "corosync", "pacemakerd", "tgtd"):
+    for comm in ("qemu-io", "qemu-system", "corosync", "pacemakerd", "tgtd"):
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:

@@ -1,0 +1,345 @@
+"""Kernel initiators: Linux guests (QEMU, TCG) running open-iscsi, a filesystem
+on every LUN and the lab's writer (guest/writer.c) on each.
+
+Each guest boots Debian's kernel with the lab's initramfs (guest_image.py) on
+the lab's switch, with its own address. Three serial ports: the kernel
+console (kept as ``guest-<n>.dmesg`` and read for kernel errors as it comes),
+a command channel, and the writers' record lines, which the host timestamps
+as they arrive (the guest's clock is not trusted). Every guest logs in to
+every target with the one shared CHAP account; each LUN's filesystem is
+mounted and written by one guest only (ext4 and xfs are not cluster file
+systems): LUN k of the run goes to guest k mod guests, ext4 on even k, xfs on
+odd.
+"""
+from __future__ import annotations
+
+import base64
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from initiators import IoLog, Lun
+
+GUEST_MEMORY_MB = 160
+RECORDS = 1024                    # ring of 4 KiB records per LUN: 4 MiB written round and round
+ERRNO_EROFS = 30
+
+# What the kernel says when an I/O error, a read-only remount or an xfs
+# shutdown reaches a file system (the failures this lab exists to rule out).
+KERNEL_IO_ERRORS = ("I/O error", "rejecting I/O to offline device", "Logical unit not supported")
+READ_ONLY = ("Remounting filesystem read-only", "xfs_do_force_shutdown", "Filesystem has been shut down",
+             "Corruption of in-memory data detected")
+
+
+@dataclass
+class KernelEvent:
+    at: float
+    kind: str                     # "io_error" or "read_only"
+    line: str
+
+
+class KernelLun:
+    """One LUN as its guest's writer sees it; the lab reads ``log`` like a libiscsi initiator's."""
+
+    def __init__(self, lun: Lun, guest: "Guest", filesystem: str) -> None:
+        self.lun = lun
+        self.guest = guest
+        self.filesystem = filesystem
+        self.log = IoLog()
+        self.device = ""
+        self.wwid = ""
+
+    @property
+    def mount_point(self) -> str:
+        return "/mnt/" + self.lun.name.replace("/", "-")
+
+    def start(self) -> None:
+        """The writer runs in the guest from setup on."""
+
+    def stop(self) -> None:
+        """The guest's end stops its writers."""
+
+
+class Guest:
+    def __init__(self, index: int, address: str, prefix_length: int, netns: str, bridge: str,
+                 image: tuple[Path, Path], run_dir: Path) -> None:
+        self.index = index
+        self.name = f"guest{index}"
+        self.address = address
+        self.prefix_length = prefix_length
+        self.netns = netns
+        self.bridge = bridge
+        self.kernel, self.initramfs = image
+        self.run_dir = run_dir
+        self.tap = f"tg{index}"
+        self.luns: dict[str, KernelLun] = {}
+        self.events: list[KernelEvent] = []
+        self.proc: subprocess.Popen | None = None
+        self._command: socket.socket | None = None
+        self._command_buffer = b""
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    @property
+    def initiator_name(self) -> str:
+        return f"iqn.2026-11.org.tgtha.lab:{self.name}"
+
+    def _socket_path(self, what: str) -> Path:
+        return self.run_dir / f"{self.name}.{what}.sock"
+
+    # ------------------------------------------------------------ life
+
+    def start(self) -> None:
+        subprocess.run(["ip", "-n", self.netns, "tuntap", "add", "dev", self.tap, "mode", "tap"], check=True)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", self.tap, "master", self.bridge, "up"], check=True)
+        sockets = {what: self._socket_path(what) for what in ("console", "command", "records")}
+        for path in sockets.values():
+            path.unlink(missing_ok=True)
+        argv = ["ip", "netns", "exec", self.netns, "qemu-system-x86_64",
+                "-accel", "tcg,tb-size=32", "-cpu", "max", "-smp", "1", "-m", str(GUEST_MEMORY_MB), "-M", "pc",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-kernel", str(self.kernel), "-initrd", str(self.initramfs),
+                "-append", f"console=ttyS0 panic=-1 lab_name={self.name} "
+                           f"lab_ip={self.address}/{self.prefix_length}"]
+        for number, what in enumerate(("console", "command", "records")):
+            argv += ["-chardev", f"socket,id={what},path={sockets[what]},server=on,wait=off",
+                     "-serial", f"chardev:{what}"]
+        argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net0,mac=52:54:00:77:00:{self.index:02x}"]
+        log = open(self.run_dir / f"{self.name}.qemu.log", "w")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self._threads = [threading.Thread(target=self._read_console, name=f"{self.name}-console", daemon=True),
+                         threading.Thread(target=self._read_records, name=f"{self.name}-records", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        self._command = self._connect(sockets["command"], 30)
+        self._expect_ready(120)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+        if self._command is not None:
+            self._command.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        subprocess.run(["ip", "-n", self.netns, "link", "del", self.tap], capture_output=True)
+
+    def _connect(self, path: Path, seconds: float) -> socket.socket:
+        deadline = time.monotonic() + seconds
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(path))
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                    raise RuntimeError(f"{self.name}: QEMU did not open {path.name} "
+                                       f"(see {self.name}.qemu.log)") from None
+                time.sleep(0.1)
+
+    # ------------------------------------------------------------ command channel
+
+    def _line(self, seconds: float) -> str:
+        self._command.settimeout(seconds)
+        while b"\n" not in self._command_buffer:
+            chunk = self._command.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"{self.name}: command channel closed")
+            self._command_buffer += chunk
+        line, _, self._command_buffer = self._command_buffer.partition(b"\n")
+        return line.decode(errors="replace").strip()
+
+    def _expect_ready(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._line(max(0.1, deadline - time.monotonic())).startswith("READY"):
+            pass
+
+    def run(self, script: str, seconds: float = 60) -> tuple[int, str]:
+        """Run a shell script in the guest (busybox sh); (exit status, output)."""
+        payload = base64.b64encode(script.encode()).decode()
+        self._command.sendall(f"RUN {payload}\n".encode())
+        deadline = time.monotonic() + seconds
+        while True:
+            line = self._line(max(0.1, deadline - time.monotonic()))
+            if line.startswith("DONE "):
+                _, rc, *encoded = line.split(" ", 2)
+                return int(rc), base64.b64decode(encoded[0] if encoded else "").decode(errors="replace")
+
+    def check(self, script: str, seconds: float = 60) -> str:
+        rc, output = self.run(script, seconds)
+        if rc != 0:
+            raise RuntimeError(f"{self.name}: exit {rc}: {output.strip()[-800:]}")
+        return output
+
+    # ------------------------------------------------------------ what comes out
+
+    def _read_console(self) -> None:
+        sock = self._connect(self._socket_path("console"), 30)
+        buffer = b""
+        with sock, open(self.run_dir / f"{self.name}.dmesg", "w") as dmesg:
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                now = time.monotonic()
+                for raw in lines:
+                    line = raw.decode(errors="replace").rstrip("\r")
+                    dmesg.write(line + "\n")
+                    if any(marker in line for marker in KERNEL_IO_ERRORS):
+                        self.events.append(KernelEvent(now, "io_error", line))
+                    if any(marker in line for marker in READ_ONLY):
+                        self.events.append(KernelEvent(now, "read_only", line))
+                dmesg.flush()
+
+    def _read_records(self) -> None:
+        sock = self._connect(self._socket_path("records"), 30)
+        buffer = b""
+        with sock:
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                now = time.monotonic()
+                for raw in lines:
+                    self._record(now, raw.decode(errors="replace").strip())
+
+    def _record(self, now: float, line: str) -> None:
+        words = line.split()
+        if len(words) < 3 or words[1] not in self.luns:
+            return
+        log = self.luns[words[1]].log
+        kind = words[0]
+        if kind in ("W", "R"):
+            log.completions.append(now)
+        elif kind == "M":
+            log.mismatches.append((now, line))
+        elif kind == "E":
+            log.errors.append((now, line))
+            if len(words) >= 5 and words[4] == str(ERRNO_EROFS):
+                self.events.append(KernelEvent(now, "read_only", line))
+
+    # ------------------------------------------------------------ iSCSI and file systems
+
+    def log_in(self, targets: list[tuple[str, str]], user: str, password: str, replacement_timeout_s: int) -> None:
+        """One CHAP account in iscsid.conf (the one credential slot), a session per target."""
+        settings = {"node.session.auth.authmethod": "CHAP", "node.session.auth.username": user,
+                    "node.session.auth.password": password,
+                    "node.session.timeo.replacement_timeout": str(replacement_timeout_s)}
+        lines = ["cat >> /etc/iscsi/iscsid.conf <<'EOF'"] + [f"{k} = {v}" for k, v in settings.items()] + ["EOF"]
+        lines += [f"echo InitiatorName={self.initiator_name} > /etc/iscsi/initiatorname.iscsi",
+                  "modprobe iscsi_tcp && modprobe sd_mod && iscsid && sleep 0.5"]
+        for vip, iqn in targets:
+            node = f"-m node -T {shlex.quote(iqn)} -p {vip}:3260"
+            lines += [f"iscsiadm {node} -o new >/dev/null", f"iscsiadm {node} --login"]
+        self.check("set -e\n" + "\n".join(lines), 120)
+
+    def devices(self) -> dict[tuple[str, int], tuple[str, str]]:
+        """(target IQN, LUN) -> (block device, WWID), from sysfs."""
+        listing = self.check(
+            "for s in /sys/class/iscsi_session/session*; do t=$(cat $s/targetname);"
+            " for b in $s/device/target*/*:*:*:*/block/*; do [ -e $b ] || continue;"
+            " l=${b%/block/*}; l=${l##*:}; d=${b##*/}; echo $t $l $d $(cat /sys/block/$d/device/wwid); done; done")
+        found = {}
+        for line in listing.splitlines():
+            words = line.split(maxsplit=3)
+            if len(words) == 4:
+                found[(words[0], int(words[1]))] = (words[2], words[3])
+        return found
+
+    def mount_and_write(self, gap_ms: int) -> None:
+        """mkfs, mount and a writer on each of this guest's LUNs (devices found first:
+        the kernel scans a new session's LUNs after the login returns)."""
+        wanted = {(lun.lun.iqn, lun.lun.lun) for lun in self.luns.values()}
+        deadline = time.monotonic() + 60
+        devices = self.devices()
+        while not wanted <= devices.keys():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no block device for {sorted(wanted - devices.keys())}")
+            time.sleep(0.5)
+            devices = self.devices()
+        script = ["set -e"]
+        for lun in self.luns.values():
+            lun.device, lun.wwid = devices[(lun.lun.iqn, lun.lun.lun)]
+            dev = f"/dev/{lun.device}"
+            if lun.filesystem == "ext4":
+                script.append(f"mkfs.ext4 -q -F {dev}")
+                options = "-o errors=remount-ro"
+            else:
+                # xfsprogs refuses file systems under 300 MB but for its test suites.
+                script.append(f"TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 mkfs.xfs -q -f {dev}")
+                options = ""
+            script += [f"mkdir -p {lun.mount_point}", f"mount -t {lun.filesystem} {options} {dev} {lun.mount_point}",
+                       f"writer {shlex.quote(lun.lun.name)} {lun.mount_point}/records {RECORDS} {gap_ms}"
+                       " >/dev/ttyS2 2>&1 &"]
+        self.check("\n".join(script), 180)
+
+    def sessions_not_logged_in(self, wait_s: float = 30) -> list[str]:
+        """Targets whose session is not LOGGED_IN, after up to ``wait_s`` for them to be:
+        a session with no I/O of its own notices a failover only at its next NOP-Out."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            output = self.check("for s in /sys/class/iscsi_session/session*; do"
+                                " echo $(cat $s/targetname) $(cat $s/state); done", 30)
+            down = [line.split()[0] for line in output.splitlines() if line.split()[1:] != ["LOGGED_IN"]]
+            if not down or time.monotonic() > deadline:
+                return down
+            time.sleep(1)
+
+
+@dataclass
+class GuestFleet:
+    """The guests of a run, and the LUN views the lab measures."""
+    guests: list[Guest] = field(default_factory=list)
+    luns: list[KernelLun] = field(default_factory=list)
+
+    def events_between(self, start: float, end: float, kind: str) -> list[KernelEvent]:
+        return [e for g in self.guests for e in g.events if start <= e.at <= end and e.kind == kind]
+
+    def stop(self) -> None:
+        for guest in self.guests:
+            guest.stop()
+
+
+def start_guests(count: int, addresses: list[str], prefix_length: int, netns: str, bridge: str,
+                 run_dir: Path, progress=print) -> GuestFleet:
+    from guest_image import ensure_image
+    image = ensure_image(progress)
+    fleet = GuestFleet()
+    try:
+        for index in range(count):
+            guest = Guest(index + 1, addresses[index], prefix_length, netns, bridge, image, run_dir)
+            fleet.guests.append(guest)
+            guest.start()
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+def assign_luns(fleet: GuestFleet, luns: list[Lun]) -> None:
+    for number, lun in enumerate(luns):
+        guest = fleet.guests[number % len(fleet.guests)]
+        view = KernelLun(lun, guest, "ext4" if number % 2 == 0 else "xfs")
+        guest.luns[lun.name] = view
+        fleet.luns.append(view)
+
+

@@ -1,0 +1,46 @@
+"""The lab with kernel initiators, short: one Linux guest (QEMU, TCG) running
+open-iscsi with the shared CHAP account, ext4 and xfs on the LUNs, the lab's
+writer proving every record; failovers that must cost a pause and nothing
+else, and the negative control that shows the detectors firing.
+
+The full run is ``make lab LAB_INITIATOR=kernel``.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import needs_root
+from test_lab import assert_no_failover_hurt_an_initiator, run_lab
+
+pytestmark = [needs_root, pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "iscsiadm", "busybox", "mkfs.xfs", "gcc")),
+    reason="the kernel initiator's Debian packages are not installed (make deps)")]
+
+SHORT = {"LAB_INITIATOR": "kernel", "LAB_GUESTS": "1", "LAB_TARGETS": "2", "LAB_LUNS": "1"}
+
+
+def test_kernel_initiators_see_a_pause_never_an_error(tmp_path, report):
+    lab = run_lab(tmp_path, **SHORT, LAB_FAILOVERS="2", LAB_SCENARIOS="move,standby,kill-tgtd,outage")
+    assert_no_failover_hurt_an_initiator(lab)
+    for scenario in lab["scenarios"]:
+        assert scenario["initiator"] == "kernel"
+        assert (scenario["kernel_io_errors"], scenario["ro_remounts"], scenario["sessions_not_back"],
+                scenario["wwid_changes"]) == (0, 0, 0, 0), scenario["details"]
+    dmesg = (tmp_path / "lab-out" / "run" / "guest1.dmesg").read_text()
+    assert "sd 2:0:0:1" in dmesg or "Attached SCSI disk" in dmesg
+    for scenario in lab["scenarios"]:
+        report(f"lab (kernel initiator) {scenario['name']}: pause p50 {scenario['pause_p50_s']}s "
+               f"max {scenario['pause_max_s']}s, kernel errors 0, read-only 0")
+
+
+def test_an_outage_past_replacement_timeout_is_seen_as_errors_and_read_only_file_systems(tmp_path, report):
+    """Negative control: 20 s without the targets, replacement_timeout 10 s."""
+    lab = run_lab(tmp_path, **SHORT, LAB_FAILOVERS="1", LAB_SCENARIOS="outage", LAB_OUTAGE_S="20",
+                  LAB_REPLACEMENT_TIMEOUT="10")
+    outage = lab["scenarios"][0]
+    assert outage["kernel_io_errors"] > 0 and outage["ro_remounts"] > 0, outage["details"]
+    assert outage["io_errors"] > 0
+    report(f"negative control (20 s outage, replacement_timeout 10 s): {outage['kernel_io_errors']} kernel "
+           f"I/O errors, {outage['ro_remounts']} read-only/shutdown events, {outage['io_errors']} writer errors")
