@@ -239,11 +239,14 @@ class Guest:
 
     # ------------------------------------------------------------ iSCSI and file systems
 
-    def log_in(self, targets: list[tuple[str, str]], user: str, password: str, replacement_timeout_s: int) -> None:
+    def log_in(self, targets: list[tuple[str, str]], user: str, password: str, replacement_timeout_s: int,
+               time2wait: str = "") -> None:
         """One CHAP account in iscsid.conf (the one credential slot), a session per target."""
         settings = {"node.session.auth.authmethod": "CHAP", "node.session.auth.username": user,
                     "node.session.auth.password": password,
                     "node.session.timeo.replacement_timeout": str(replacement_timeout_s)}
+        if time2wait:
+            settings["node.session.iscsi.DefaultTime2Wait"] = time2wait
         lines = ["cat >> /etc/iscsi/iscsid.conf <<'EOF'"] + [f"{k} = {v}" for k, v in settings.items()] + ["EOF"]
         lines += [f"echo InitiatorName={self.initiator_name} > /etc/iscsi/initiatorname.iscsi",
                   "modprobe iscsi_tcp && modprobe sd_mod && iscsid && sleep 0.5"]

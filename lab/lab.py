@@ -13,6 +13,7 @@ LAB_LAYOUT=sets|group (a target's resources: ordered sets or one group, see
 topology.py; default sets with STACK=tgtha, group with STACK=stock)
 LAB_INITIATOR=libiscsi|kernel (qemu-io's libiscsi, or Linux guests with open-iscsi
 and a file system per LUN, see guests.py) LAB_GUESTS=2 LAB_REPLACEMENT_TIMEOUT=120
+LAB_TIME2WAIT= (iSCSI DefaultTime2Wait on targets and guests; default: theirs, 2 s)
 LAB_SCENARIOS may add "outage" (every target refused for LAB_OUTAGE_S=5 seconds, no
 failover: the detectors' negative control)
 """
@@ -64,6 +65,9 @@ class Settings:
         self.guests = int(env.get("LAB_GUESTS") or "2")
         self.replacement_timeout_s = int(env.get("LAB_REPLACEMENT_TIMEOUT") or "120")
         self.outage_s = float(env.get("LAB_OUTAGE_S") or "5")
+        # iSCSI DefaultTime2Wait for targets and kernel initiators alike (negotiated as the
+        # maximum of both offers); empty: each side's default, 2 s, as users have it.
+        self.time2wait = env.get("LAB_TIME2WAIT") or ""
         # LAB_INJECT=move:1,standby:2 : in those failovers a LUN start fails on every
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
@@ -262,7 +266,7 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
         assign_luns(fleet, luns)
         targets = [(t.vip, t.iqn) for t in topology.targets]
         for guest in fleet.guests:
-            guest.log_in(targets, CHAP_USER, password, settings.replacement_timeout_s)
+            guest.log_in(targets, CHAP_USER, password, settings.replacement_timeout_s, settings.time2wait)
         for guest in fleet.guests:
             guest.mount_and_write(int(settings.io_gap_s * 1000))
     except BaseException:
@@ -306,7 +310,8 @@ def main() -> int:
                                              if settings.initiator == "kernel" else [])
         topology = Topology(settings.stack, node_names, targets, password, block_method=settings.block_method,
                             layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
-                            initiator_addresses=initiator_addresses)
+                            initiator_addresses=initiator_addresses,
+                            target_parameters=f"DefaultTime2Wait={settings.time2wait}" if settings.time2wait else "")
         planned = len(settings.scenarios) * settings.failovers
         progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout} "
                  f"initiator={settings.initiator}: {settings.nodes} nodes, "

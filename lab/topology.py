@@ -80,6 +80,7 @@ class Topology:
     layout: str = "sets"            # "sets" or "group", see the module docstring
     tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
     initiator_addresses: list[str] = field(default_factory=lambda: [CLIENT_IP])   # the targets' ACL
+    target_parameters: str = ""     # iSCSITarget additional_parameters (e.g. DefaultTime2Wait=0)
 
     # ------------------------------------------------------------ the model
 
@@ -114,6 +115,8 @@ class Topology:
             account["incoming_password"] = self.chap_password
         target_params = {"implementation": "tgt", "iqn": target.iqn, "tid": str(target.index),
                          "portals": f"{target.vip}:3260", "allowed_initiators": " ".join(self.initiator_addresses), **account}
+        if self.target_parameters:
+            target_params["additional_parameters"] = self.target_parameters
         members = [
             Primitive(f"p_block_{target.name}", f"ocf:{provider}:portblock", {**block, "action": "block"}),
             # Ours: same parameters, through rtnetlink instead of ~43 processes per start.
