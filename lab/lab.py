@@ -227,6 +227,8 @@ class Run:
                                  for _, text in i.log.mismatches[:3]][:20],
             "worst_pause_s": max(pauses) if pauses else None,
             "fence_log": cluster.fence_log,
+            "guest_login_failures": [f"{g.name}: {f}" for g in self.fleet.guests for f in g.login_failures]
+            if self.fleet else [],
             "scenarios": scenarios,
         }
 
@@ -272,8 +274,11 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
     except BaseException:
         fleet.stop()
         raise
-    progress(f"{settings.guests} guests up and logged in to {len(targets)} targets in "
-             f"{time.monotonic() - began:.0f}s")
+    failures = [f"{g.name}: {f}" for g in fleet.guests for f in g.login_failures]
+    missing = [name for g in fleet.guests for name in g.missing_luns]
+    progress(f"{settings.guests} guests up and logging in to {len(targets)} targets: {time.monotonic() - began:.0f}s"
+             + (f"; FAILED logins: {failures}" if failures else "")
+             + (f"; no device for {missing}" if missing else ""))
     return fleet
 
 

@@ -2,7 +2,7 @@
 # PID 1 of a lab guest (busybox sh), built into the initramfs by lab/guest_image.py.
 # Kernel command line: lab_name=NAME lab_ip=ADDRESS/PREFIX
 # ttyS0: kernel console (the host keeps it as the guest's kernel log)
-# ttyS1: command channel: host "RUN <base64 script>", guest "DONE <rc> <base64 output>"
+# ttyS1: command channel: host "RUN <id> <base64 script>", guest "DONE <id> <rc> <base64 output>"
 # ttyS2: the writers' record lines (lab/guest/writer.c)
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
 mount -t proc proc /proc
@@ -29,11 +29,11 @@ for port in /dev/ttyS1 /dev/ttyS2; do stty -F $port raw -echo 115200; done
 serve() {
     exec 0</dev/ttyS1 1>/dev/ttyS1 2>&1
     echo "READY $NAME"
-    while read -r verb argument; do
+    while read -r verb id argument; do
         [ "$verb" = RUN ] || continue
         echo "$argument" | base64 -d > /tmp/command.sh
         sh /tmp/command.sh </dev/null >/tmp/command.out 2>&1
-        echo "DONE $? $(base64 -w 0 /tmp/command.out)"
+        echo "DONE $id $? $(base64 -w 0 /tmp/command.out)"
     done
 }
 serve &
