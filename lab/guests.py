@@ -191,10 +191,10 @@ class Guest:
 
     # ------------------------------------------------------------ what comes out
 
-    def _read_console(self) -> None:
-        sock = self._connect(self._socket_path("console"), 30)
+    def _lines(self, what: str):
+        """(arrival time, line) from one of the guest's serial ports until QEMU goes."""
         buffer = b""
-        with sock, open(self.run_dir / f"{self.name}.dmesg", "w") as dmesg:
+        with self._connect(self._socket_path(what), 30) as sock:
             while True:
                 try:
                     chunk = sock.recv(65536)
@@ -206,30 +206,21 @@ class Guest:
                 *lines, buffer = buffer.split(b"\n")
                 now = time.monotonic()
                 for raw in lines:
-                    line = raw.decode(errors="replace").rstrip("\r")
-                    dmesg.write(line + "\n")
-                    if any(marker in line for marker in KERNEL_IO_ERRORS):
-                        self.events.append(KernelEvent(now, "io_error", line))
-                    if any(marker in line for marker in READ_ONLY):
-                        self.events.append(KernelEvent(now, "read_only", line))
+                    yield now, raw.decode(errors="replace").rstrip("\r")
+
+    def _read_console(self) -> None:
+        with open(self.run_dir / f"{self.name}.dmesg", "w") as dmesg:
+            for now, line in self._lines("console"):
+                dmesg.write(line + "\n")
                 dmesg.flush()
+                if any(marker in line for marker in KERNEL_IO_ERRORS):
+                    self.events.append(KernelEvent(now, "io_error", line))
+                if any(marker in line for marker in READ_ONLY):
+                    self.events.append(KernelEvent(now, "read_only", line))
 
     def _read_records(self) -> None:
-        sock = self._connect(self._socket_path("records"), 30)
-        buffer = b""
-        with sock:
-            while True:
-                try:
-                    chunk = sock.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                now = time.monotonic()
-                for raw in lines:
-                    self._record(now, raw.decode(errors="replace").strip())
+        for now, line in self._lines("records"):
+            self._record(now, line.strip())
 
     def _record(self, now: float, line: str) -> None:
         words = line.split()

@@ -76,20 +76,28 @@ class Pair:
         return sum(1 for line in out.splitlines() if line.strip())
 
     def client_reset_at(self, within: float) -> float | None:
-        """When (monotonic) the client saw its connection fail, waiting up to ``within`` s."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.talker.poll() is not None:
-                line = self.talker.stdout.readline().split()
-                return float(line[1]) if line and line[0] == "reset" else None
-            time.sleep(0.02)
-        return None
+        return reset_at(self.talker, within)
 
     def close(self) -> None:
-        for proc in (self.talker, self.listener):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill(self.talker, self.listener)
+
+
+def reset_at(talker: subprocess.Popen, within: float) -> float | None:
+    """When (monotonic) the client script saw its connection fail, waiting up to ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if talker.poll() is not None:
+            line = talker.stdout.readline().split()
+            return float(line[1]) if line and line[0] == "reset" else None
+        time.sleep(0.02)
+    return None
+
+
+def kill(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -238,10 +246,7 @@ class MovingAddress:
         self.client.run("ip", "route", "replace", f"{VIP}/32", "via", f"10.83.{number}.1", "src", CLIENT_SOURCE)
 
     def close(self) -> None:
-        for proc in [self.talker, *self.listeners]:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill(self.talker, *self.listeners)
 
 
 @pytest.fixture
@@ -283,13 +288,8 @@ def returning_address(moving, state_dir, tmp_path, agent_tickles: bool) -> float
     else:
         # Negative control: the same tickles with the TIME-WAIT socket left in place.
         a.run("/usr/libexec/heartbeat/tickle_tcp", "-n", "3", input=(tickles / VIP).read_text())
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        if moving.talker.poll() is not None:
-            line = moving.talker.stdout.readline().split()
-            return float(line[1]) - unblocked if line and line[0] == "reset" else None
-        time.sleep(0.02)
-    return None
+    reset = reset_at(moving.talker, within=1.0)
+    return None if reset is None else reset - unblocked
 
 
 def test_a_time_wait_socket_left_on_the_returning_node_does_not_hide_the_client_from_the_tickle(
