@@ -178,17 +178,22 @@ def close_sockets(network: Network, ports: PortSet, deadline: float,
         remaining = list_sockets(network, ports, peers=peers)
         if not remaining or time.monotonic() >= deadline:
             return destroyed, remaining
-        sock = _netlink_socket()
-        try:
-            for victim in remaining:
-                errno = _destroy(sock, victim)
-                if errno in (0, 2):  # ENOENT: it closed by itself meanwhile
-                    destroyed += errno == 0
-                elif errno in (1, 13, 95):  # EPERM, EACCES, EOPNOTSUPP
-                    raise SocketDestroyUnsupported(os.strerror(errno))
-        finally:
-            sock.close()
+        for errno in _destroy_each(remaining):
+            if errno in (0, 2):  # ENOENT: it closed by itself meanwhile
+                destroyed += errno == 0
+            elif errno in (1, 13, 95):  # EPERM, EACCES, EOPNOTSUPP
+                raise SocketDestroyUnsupported(os.strerror(errno))
         time.sleep(0.005)
+
+
+def _destroy_each(victims: list[TcpSocket]):
+    """SOCK_DESTROY each socket over one netlink socket; yields the kernel's errno for each."""
+    sock = _netlink_socket()
+    try:
+        for victim in victims:
+            yield _destroy(sock, victim)
+    finally:
+        sock.close()
 
 
 def forget_time_wait(network: Network, ports: PortSet) -> tuple[int, int]:
@@ -202,12 +207,7 @@ def forget_time_wait(network: Network, ports: PortSet) -> tuple[int, int]:
     found = list_sockets(network, ports, states=1 << TCP_TIME_WAIT)
     if not found:
         return 0, 0
-    sock = _netlink_socket()
-    try:
-        for victim in found:
-            _destroy(sock, victim)
-    finally:
-        sock.close()
+    for _ in _destroy_each(found):
+        pass                        # what is left is counted below, whatever the errno
     left = len(list_sockets(network, ports, states=1 << TCP_TIME_WAIT))
     return max(0, len(found) - left), left
-
