@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from conftest import REPO
 
@@ -31,3 +32,42 @@ def test_every_installed_agent_prints_its_metadata(tmp_path):
         installed = tmp_path / "usr/lib/ocf/resource.d/tgtha" / agent.name
         meta = subprocess.run([str(installed), "meta-data"], env=env, capture_output=True, text=True)
         assert meta.returncode == 0 and f'<resource-agent name="{agent.name}"' in meta.stdout
+
+
+def executed_programs(argv: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
+    """What ``argv`` prints, and every program it executes (strace)."""
+    trace = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", *argv],
+                           env=env, capture_output=True, text=True, check=True)
+    programs = [line.split('"')[1] for line in trace.stderr.splitlines()
+                if "execve(" in line and "= 0" in line]
+    return trace.stdout, programs
+
+
+def test_meta_data_runs_no_python_because_pacemaker_asks_before_every_start(tmp_path):
+    # Pacemaker 2.1's controller refreshes an agent's metadata before each start
+    # and waits for it: a Python start-up there lengthens every failover.
+    subprocess.run(["make", "-C", str(REPO), "install", f"DESTDIR={tmp_path}"], check=True,
+                   capture_output=True)
+    env = {"OCF_ROOT": "/usr/lib/ocf", "PATH": "/bin:/usr/bin"}
+    for agent in sorted((REPO / "agents").iterdir()):
+        expected = (REPO / "metadata" / f"{agent.name}.xml").read_text()
+        for path in (agent, tmp_path / "usr/lib/ocf/resource.d/tgtha" / agent.name):
+            out, programs = executed_programs([str(path), "meta-data"], env)
+            assert out == expected
+            assert programs[-1] == "/bin/cat", programs  # not an interpreter: the file itself
+
+
+def test_meta_data_falls_back_to_python_when_the_file_is_not_beside_the_agent(tmp_path):
+    link = tmp_path / "portblock"  # a symlink: sh looks beside the link, Python beside its target
+    link.symlink_to(REPO / "agents" / "portblock")
+    out, programs = executed_programs([str(link), "meta-data"],
+                                      {"OCF_ROOT": "/usr/lib/ocf", "PATH": "/bin:/usr/bin"})
+    assert out == (REPO / "metadata" / "portblock.xml").read_text()
+    assert any(Path(p).name.startswith("python") for p in programs)
+
+
+def test_other_actions_run_the_python_agent():
+    env = {"OCF_ROOT": "/usr/lib/ocf", "PATH": "/bin:/usr/bin", "OCF_RESKEY_protocol": "icmp"}
+    bad = subprocess.run([str(REPO / "agents" / "portblock"), "validate-all"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 6 and "protocol" in bad.stderr
