@@ -578,6 +578,27 @@ def test_a_recurring_monitor_gives_tgtds_own_monitor_time_to_see_it_dead_first(i
         assert time.monotonic() - began >= 4.5
 
 
+def test_starts_ordered_right_after_tgtd_wait_for_it_to_listen(iscsi_lab):
+    """tgt's init script and unit return before tgtd listens: the account and the
+    target started next wait for it (a few seconds) instead of failing."""
+    lab = iscsi_lab
+    lab.tgtd.stop()
+    starts = []
+    threads = [threading.Thread(target=lambda a=agent, p=params: starts.append(lab.agent(a, "start", p)))
+               for agent, params in (("tgtuser", account()), ("iSCSITarget", {"iqn": iqn(1)}))]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    late = Tgtd(lab.node, lab.tgtd.control_port, f"{lab.TARGET_IP}:3260", lab.tmp_path / "late.log")
+    try:
+        for thread in threads:
+            thread.join()
+        assert [run.rc for run in starts] == [0, 0], starts
+        assert lab.accounts() == [USER] and f": {iqn(1)}\n" in lab.show()
+    finally:
+        late.stop()
+
+
 @pytest.mark.parametrize("length", [118, 200, 255])
 def test_long_chap_usernames_work_through_every_action(iscsi_lab, length):
     """Up to our limit (255; tgt itself takes more), a user name is just a name:

@@ -101,7 +101,7 @@ def test_waiting_for_tgtd_and_the_agents_monitors_leave_no_connection_in_tgtd(is
     baseline = tgtd_sockets(iscsi_lab)
     with errno_eagain_in_tgtd(iscsi_lab):
         for _ in range(5):
-            ctl.wait_until_listening(1)
+            TgtdControl(iscsi_lab.tgtd.control_port, time.monotonic() + 5, patience=1).accounts()
         assert iscsi_lab.agent("tgtuser", "start", account).rc == 0
         for _ in range(3):
             assert iscsi_lab.agent("tgtuser", "monitor", account, meta={"interval": "10000"}).rc == 0

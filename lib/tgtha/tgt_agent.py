@@ -37,16 +37,12 @@ class TgtAgent(ocf.Agent):
 
     def tgtd_for_start(self) -> TgtdControl:
         """tgtd, given a few seconds to finish starting (a start is ordered right after tgtd's)."""
-        ctl = self.tgtd
-        ctl.wait_until_listening(TGTD_STARTUP_WAIT_S)
-        return ctl
+        return TgtdControl(self.control_port, self.deadline, patience=TGTD_STARTUP_WAIT_S)
 
     def tgtd_for_monitor(self) -> TgtdControl:
         """tgtd; in a recurring monitor, waited for a little if it is not there (see above)."""
-        ctl = self.tgtd
-        if not self.is_probe:
-            ctl.wait_until_listening(TGTD_RECOVERY_GRACE_S)
-        return ctl
+        return TgtdControl(self.control_port, self.deadline,
+                           patience=0.0 if self.is_probe else TGTD_RECOVERY_GRACE_S)
 
     def require_tgt_implementation(self) -> None:
         implementation = self.param("implementation")

@@ -185,44 +185,47 @@ def parse_accounts(text: str) -> list[str]:
 class TgtdControl:
     """One tgtd, addressed by its control port; every call bounded by ``deadline``."""
 
-    def __init__(self, control_port: int, deadline: float) -> None:
+    def __init__(self, control_port: int, deadline: float, *, patience: float = 0.0) -> None:
+        """``patience``: how long (never past the deadline) a tgtd that does not
+        listen yet is waited for, until the first request reaches it. tgt's
+        init script and unit return as soon as tgtd is forked, before it
+        listens: what is ordered after tgtd would otherwise find nothing there."""
         self.control_port = control_port
         self.deadline = deadline
         self.path = socket_path(control_port)
-
-    def wait_until_listening(self, seconds: float) -> None:
-        """Wait up to ``seconds`` (never past the deadline) for tgtd to answer a
-        request. tgt's init script and unit return as soon as tgtd is forked,
-        before it listens: what is ordered after tgtd would otherwise find
-        nothing there.
-
-        The probe is a whole request, never a connect alone: tgtd 1.0.85 reads
-        a management connection closed before its first byte as "nothing yet"
-        whenever the errno left by its previous call is EAGAIN (usr/mgmt.c), so
-        the connection stays in its event loop, readable forever: each one
-        costs tgtd a busy loop (seen in the lab: one tgtd at 100 % of a core,
-        dozens of such connections, failovers slower with every monitor)."""
-        limit = min(self.deadline, time.monotonic() + seconds)
-        while True:
-            try:
-                self.request(MODE_SYSTEM, OP_SHOW, what="show system")
-                return
-            except TgtdNotRunning:
-                if time.monotonic() >= limit:
-                    return  # the request that follows reports it
-                time.sleep(0.05)
-            except (TgtdError, TgtdUnreachable):
-                return      # listening: the request that follows says what is wrong
+        self._patient_until = min(deadline, time.monotonic() + patience) if patience > 0 else None
 
     def request(self, mode: int, op: int, *, tid: int = -1, sid: int = 0, lun: int = 0,
                 cid: int = 0, device_type: int = 0, ac_dir: int = 0, force: int = 0,
                 params: str = "", what: str = "") -> str:
-        """Send one request; return tgtd's text or raise TgtdError/TgtdUnreachable."""
+        """Send one request; return tgtd's text or raise TgtdError/TgtdUnreachable.
+
+        Every connection carries a whole request, never a connect alone: tgtd
+        1.0.85 reads a management connection closed before its first byte as
+        "nothing yet" whenever the errno left by its previous call is EAGAIN
+        (usr/mgmt.c), so the connection stays in its event loop, readable
+        forever: each one costs tgtd a busy loop (seen in the lab: one tgtd at
+        100 % of a core, dozens of such connections, failovers slower with
+        every monitor). So a tgtd still starting is waited for by retrying the
+        request itself: a refused connect has sent nothing."""
         body = params.encode() + b"\0" if params else b""
         if len(body) > MAX_REQUEST_BODY:
             raise TgtdError(17, what or "request")
         header = _REQUEST.pack(mode, op, b"iscsi", _REQUEST.size + len(body), tid, sid, lun,
                                cid, 0, device_type, ac_dir, 0, force)
+        while True:
+            try:
+                answer = self._exchange(header + body)
+                break
+            except TgtdNotRunning:
+                if self._patient_until is None or time.monotonic() >= self._patient_until:
+                    raise
+                time.sleep(0.05)
+        self._patient_until = None  # reached: from now on a missing tgtd is news
+        return answer if isinstance(answer, str) else self._raise(answer, what)
+
+    def _exchange(self, request: bytes) -> str | int:
+        """One connection: the request out, tgtd's text or error number back."""
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TgtdUnreachable(f"no time left to reach tgtd at {self.path}")
@@ -233,15 +236,14 @@ class TgtdControl:
                 sock.connect(self.path)
             except (FileNotFoundError, ConnectionRefusedError):
                 raise TgtdNotRunning(f"tgtd is not running (nothing listens on {self.path})") from None
-            sock.sendall(header + body)
-            answer = self._receive(sock)
+            sock.sendall(request)
+            return self._receive(sock)
         except TimeoutError:
             raise TgtdUnreachable(f"tgtd at {self.path} did not answer in time") from None
         except OSError as err:      # reset, broken pipe, permission: never a traceback
             raise TgtdUnreachable(f"tgtd at {self.path}: {err.strerror or err}") from None
         finally:
             sock.close()
-        return answer if isinstance(answer, str) else self._raise(answer, what)
 
     @staticmethod
     def _receive(sock: _socket.socket) -> str | int:

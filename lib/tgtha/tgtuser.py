@@ -13,7 +13,7 @@ from . import accounts
 from . import ocf_runtime as ocf
 from .ocf_runtime import ERR_GENERIC, OCFError
 from .tgt_agent import TgtAgent, require_tgtd
-from .tgtd import TgtdError, TgtdNotRunning, TgtdUnreachable
+from .tgtd import TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable
 
 
 class Tgtuser(TgtAgent):
@@ -64,16 +64,15 @@ class Tgtuser(TgtAgent):
 
     def start(self) -> int:
         self.validate_all()
-        self.tgtd_for_start()
-        self._ensure_password(self.username, self.password)
+        self._ensure_password(self.tgtd_for_start(), self.username, self.password)
         return ocf.SUCCESS
 
     def reload(self) -> int:
         """Apply a changed password: no target restarts, CHAP on throughout.
         A stopped account stays stopped (Pacemaker reloads only running ones)."""
         self.validate_all()
-        return ocf.SUCCESS if self._ensure_password(self.username, self.password, create=False) \
-            else ocf.NOT_RUNNING
+        found = self._ensure_password(self.tgtd, self.username, self.password, create=False)
+        return ocf.SUCCESS if found else ocf.NOT_RUNNING
 
     def stop(self) -> int:
         user, port = self.username, self.control_port
@@ -106,11 +105,10 @@ class Tgtuser(TgtAgent):
 
     # ---------------------------------------------------------------- helpers
 
-    def _ensure_password(self, user: str, password: str, create: bool = True) -> bool:
+    def _ensure_password(self, ctl: TgtdControl, user: str, password: str, create: bool = True) -> bool:
         """The account exists with ``password``, created or replaced safely.
         False if it does not exist and ``create`` is False."""
         port = self.control_port
-        ctl = self.tgtd
         try:
             with accounts.config_lock(port, self.deadline):
                 accounts.finish_interrupted_reload(ctl, user, password)
