@@ -181,6 +181,8 @@ class Lab:
                 record.sessions_not_back.append(f"{guest.name}: no answer ({err})")
                 continue
             for lun in guest.luns.values():
+                if not lun.device:
+                    continue    # never had a device (reported as a missing LUN): nothing to compare
                 wwid = now.get((lun.lun.iqn, lun.lun.lun), ("", "gone"))[1]
                 if wwid != lun.wwid:
                     record.wwid_changes.append(f"{lun.lun.name}: {lun.wwid} -> {wwid}")
