@@ -1,8 +1,11 @@
 """make install puts runnable agents where Pacemaker looks for ocf:tgtha:*."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -71,3 +74,20 @@ def test_other_actions_run_the_python_agent():
     bad = subprocess.run([str(REPO / "agents" / "portblock"), "validate-all"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 6 and "protocol" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("pcs") is None, reason="pcs not installed")
+def test_pcs_takes_a_stock_iscsilogicalunit_parameter_set_without_force(tmp_path):
+    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
+    cib = tmp_path / "cib.xml"
+    cib.write_text(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, check=True).stdout)
+
+    def create(name: str, *params: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["pcs", "-f", str(cib), "resource", "create", name, "ocf:tgtha:iSCSILogicalUnit",
+                               "implementation=tgt", "target_iqn=iqn.2026-12.test:t", "path=/dev/null",
+                               *params, "--no-default-ops"], capture_output=True, text=True)
+
+    stock = create("lun1", "lun=1", "lio_iblock=0", "liot_bstype=block", "allowed_initiators=iqn.2026-12.test:i")
+    assert stock.returncode == 0, stock.stderr
+    unknown = create("lun2", "lun=2", "no_such_parameter=1")      # the control: pcs does check
+    assert unknown.returncode != 0 and "no_such_parameter" in unknown.stderr

@@ -189,5 +189,6 @@ def test_monitor_runs_no_process(link, state_dir, tmp_path):
         pytest.skip("no strace")
     assert subprocess.run(argv, env=env).returncode == 0
     execs = [line for line in trace.read_text().splitlines() if "execve(" in line and "ENOENT" not in line]
-    assert len(execs) == 1, execs        # the agent itself
+    # the agent itself: its sh front, then the Python it hands over to
+    assert len(execs) == 2 and '"/usr/bin/python3", "-IS"' in execs[1], execs
 

@@ -150,6 +150,15 @@ def test_monitor_is_exact(lab):
     assert lab.agent("iSCSILogicalUnit", "monitor", {**params, "target_iqn": TARGET + "x"}).rc == 7
 
 
+def test_stock_lio_only_parameters_are_accepted_ignored_and_warned_about_on_start(lab):
+    stock = lab.agent("iSCSILogicalUnit", "start",
+                      lun_params(lab, 4, lio_iblock="3", liot_bstype="fileio", allowed_initiators="iqn.2026-12.x:i"))
+    assert stock.rc == 0 and "allowed_initiators, lio_iblock, liot_bstype: only used by LIO" in stock.stderr
+    plain = lab.agent("iSCSILogicalUnit", "start", lun_params(lab, 5))
+    assert plain.rc == 0 and "only used by LIO" not in plain.stderr
+    assert "LUN: 4" in lab.show()
+
+
 def test_start_and_stop_are_idempotent(lab):
     params = lun_params(lab, 3)
     assert lab.agent("iSCSILogicalUnit", "stop", params).rc == 0

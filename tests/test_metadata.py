@@ -72,3 +72,18 @@ def test_every_parameter_the_code_reads_is_declared(name):
 def test_every_advertised_action_is_implemented(name):
     advertised = {a.get("name") for a in metadata(name).getroot().iter("action")} - {"meta-data"}
     assert advertised <= set(agent_class(name).ACTIONS)
+
+
+STOCK = Path("/usr/lib/ocf/resource.d/heartbeat")
+
+
+@pytest.mark.parametrize("name", ["portblock", "iSCSITarget", "iSCSILogicalUnit", "IPaddr2"])
+def test_every_parameter_of_the_stock_agent_is_declared_so_stock_configurations_move_over(name):
+    """pcs refuses a parameter the metadata does not declare (without --force)."""
+    if not (STOCK / name).exists():
+        pytest.skip("resource-agents not installed")
+    out = subprocess.run([str(STOCK / name), "meta-data"], capture_output=True, check=True,
+                         env={"OCF_ROOT": OCF_ROOT, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).stdout
+    stock = {p.get("name") for p in etree.fromstring(out).iter("parameter")}
+    ours = {p.get("name") for p in metadata(name).getroot().iter("parameter")}
+    assert len(stock) > 3 and stock <= ours, stock - ours

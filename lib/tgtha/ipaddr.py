@@ -42,6 +42,7 @@ class IPaddr2(ocf.Agent):
         "arp_count": "5",
         "arp_interval": "200",
         "nodad": "false",
+        "run_arping": "false",
         **{name: "" for name in UNSUPPORTED},
     }
 
@@ -165,6 +166,8 @@ class IPaddr2(ocf.Agent):
 
     def _validate(self) -> None:
         configured = [name for name in UNSUPPORTED if self.param(name)]
+        if self.param("run_arping").lower() not in ("false", "no", "0", "off"):
+            configured.append("run_arping")   # stock's default (false) moves over as it is
         if configured:
             raise OCFError(ERR_CONFIGURED, f"not supported by ocf:tgtha:IPaddr2: {', '.join(configured)}"
                                            " (use ocf:heartbeat:IPaddr2 for them)")

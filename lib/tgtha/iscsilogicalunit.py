@@ -92,8 +92,14 @@ class ISCSILogicalUnit(TgtAgent):
         "block_size": "",
         "additional_parameters": "",
         "allowed_initiators": "",
+        "lio_iblock": "0",
+        "liot_bstype": "block",
         "control_port": "0",
     }
+    # The stock agent's LIO-only parameters: declared so that a stock
+    # configuration moves over as it is (pcs refuses undeclared ones without
+    # --force), and ignored with a warning, since tgt has no such thing.
+    LIO_ONLY = ("allowed_initiators", "lio_iblock", "liot_bstype")
 
     # ------------------------------------------------------------ parameters
 
@@ -238,6 +244,9 @@ class ISCSILogicalUnit(TgtAgent):
     def start(self) -> int:
         self._validate()
         self._require_backing_store()
+        ignored = [name for name in self.LIO_ONLY if self.env.get("OCF_RESKEY_" + name) is not None]
+        if ignored:
+            ocf.log_warning(f"{', '.join(ignored)}: only used by LIO, ignored with tgt")
         if self.param("tgt_bstype").strip() == "aio":
             ocf.log_warning(f"{self.path}: tgt's aio store ignores SYNCHRONIZE CACHE: initiators' flushes "
                             "reach no disk cache; durability rests on the backing device alone")
