@@ -529,11 +529,13 @@ class Portblock(ocf.Agent):
 
     def _tickle_again_later(self, tickle_tcp: str, data: bytes) -> None:
         """The same tickles once more, from a detached process: the start does not wait."""
-        import tempfile
         try:
-            with tempfile.TemporaryFile() as copy, open(os.devnull, "wb") as null:
+            # memfd, not tempfile: importing tempfile (shutil, re, random ...)
+            # cost more than the rest of this start on the failover's path.
+            with open(os.memfd_create("tickles"), "w+b") as copy, open(os.devnull, "wb") as null:
                 copy.write(data)
-                copy.seek(0)
+                copy.flush()
+                os.lseek(copy.fileno(), 0, os.SEEK_SET)
                 os.posix_spawn("/bin/sh", ["sh", "-c", f'sleep {self.TICKLE_AGAIN_AFTER_S}; exec "$0" -n 3',
                                            tickle_tcp],
                                dict(os.environ, LC_ALL="C"), setsid=True, file_actions=[
