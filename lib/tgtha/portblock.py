@@ -131,9 +131,9 @@ class Portblock(ocf.Agent):
         value = self.param("sync_script")
         if not value:
             return []
-        import shlex
+        from .proc import split_words
         try:
-            argv = shlex.split(value)
+            argv = split_words(value)
         except ValueError as err:
             raise OCFError(ERR_CONFIGURED, f"sync_script cannot be parsed: {err}") from None
         from .proc import find_binary

@@ -95,3 +95,14 @@ def run(argv: list[str], deadline: float, stdin: bytes = b"") -> Result:
     return Result(argv, os.waitstatus_to_exitcode(status),
                   b"".join(chunks[out_r]).decode(errors="replace"),
                   b"".join(chunks[err_r]).decode(errors="replace"))
+
+
+def split_words(value: str) -> list[str]:
+    """``value`` split as a shell would (shlex.split; ValueError if unparsable).
+    Plain words skip shlex: importing it (with re and enum) cost more CPU than
+    the rest of a tgtd start, and for printable ASCII without quotes or
+    backslashes the two splits are the same."""
+    if value.isascii() and value.isprintable() and not any(c in value for c in "'\"\\"):
+        return value.split()
+    import shlex
+    return shlex.split(value)

@@ -62,9 +62,9 @@ class TgtdAgent(ocf.Agent):
 
     @property
     def tgtd_options(self) -> list[str]:
-        import shlex
+        from .proc import split_words
         try:
-            options = shlex.split(self.param("tgtd_options"))
+            options = split_words(self.param("tgtd_options"))
         except ValueError as err:
             raise OCFError(ERR_CONFIGURED, f"tgtd_options cannot be parsed: {err}") from None
         for option in options:
