@@ -49,6 +49,10 @@ def hostile_names(tids: dict[str, int]) -> dict[str, str | bytes]:
         "very long": "iqn.2026-11.evil:g." + "x" * 1100,
         # Colons, and bytes that are no UTF-8.
         "colons and bytes": b"iqn.2026-11.evil:h:Target 3: x:\xff\xfe\nTarget 10:",
+        # A copy of its own target's header, offline and without LUNs, after a LUN
+        # section header: text alone cannot tell it from the real one, and it used
+        # to cut the block of the target listed before it (the victim lost its LUN).
+        "own header copy": "iqn.2026-11.evil:i\n    LUN information:" + forged_block(tids["open"], OPEN, (), "offline"),
     }
 
 
@@ -69,7 +73,7 @@ def test_hostile_initiator_names_change_nothing_an_agent_believes(lab, report):
                           ("iSCSITarget", victim), ("iSCSILogicalUnit", victim_lun)):
         assert lab.agent(agent, "start", params).rc == 0, (agent, params)
     absent_tid = 5                       # below, between and above the real tids: 5 < 10 < 20 < 30
-    names = hostile_names({"absent": absent_tid, "bystander": bystander_tid, "victim": 10})
+    names = hostile_names({"absent": absent_tid, "bystander": bystander_tid, "victim": 10, "open": 20})
     wrong: list[str] = []
     attackers = []
     log = open(lab.tmp_path / "attackers.log", "w")
@@ -95,11 +99,14 @@ def test_hostile_initiator_names_change_nothing_an_agent_believes(lab, report):
                                                    meta={"interval": "10000"}), 0)
             expect("open target monitor", lab.agent("iSCSITarget", "monitor", open_target,
                                                     meta={"interval": "10000"}), 0)
+            expect("open LUN monitor", lab.agent("iSCSILogicalUnit", "monitor", open_lun,
+                                                 meta={"interval": "10000"}), 0)
             expect("probe of an absent target", lab.agent("iSCSITarget", "monitor", {"iqn": ABSENT}), 7)
             expect("probe of an absent LUN", lab.agent(
                 "iSCSILogicalUnit", "monitor", {**victim_lun, "target_iqn": ABSENT}), 7)
             expect("stop of a never-started target", lab.agent("iSCSITarget", "stop", {"iqn": ABSENT}), 0)
         assert f"Target {bystander_tid}: {BYSTANDER}" in lab.show(), "the bystander's tid was deleted"
+        assert "tgtha-mark-" not in lab.show(), "a mark was left in an ACL"
         # The attackers' own target stops, their connections closed, in time.
         began = time.monotonic()
         expect("open LUN stop", lab.agent("iSCSILogicalUnit", "stop", open_lun), 0)
@@ -113,7 +120,7 @@ def test_hostile_initiator_names_change_nothing_an_agent_believes(lab, report):
             attacker.kill()
             attacker.wait()
         log.close()
-    report(f"hostile initiators ({len(names)} crafted names) during 21 monitors/stops of other targets: "
+    report(f"hostile initiators ({len(names)} crafted names) during 24 monitors/stops of targets: "
            f"{len(wrong)} wrong return codes, bystander tid kept; their own target stopped in {took:.2f} s")
     assert wrong == []
     assert took < 5.0
@@ -136,8 +143,9 @@ def render(targets: list[dict]) -> str:
                     f"            SCSI SN: sn-{lun}", f"            Backing store path: /srv/{t['tid']}-{lun}"]
         out.append("    Account information:")
         out += [f"        {a}" for a in t["accounts"]]
-        out.append("    ACL information:")
-        out += [f"        {a}" for a in t["acls"]]
+        out.append("    ACL information:")      # addresses (marks among them), then names
+        out += [f"        {a}" for a in t["acls"] if not a.startswith(PREFIX)]
+        out += [f"        {a}" for a in t["acls"] if a.startswith(PREFIX)]
     return "\n".join(out) + "\n"
 
 
@@ -151,7 +159,7 @@ def session_info(name: str, cid: int = 0, address: str = "10.0.0.9") -> str:
 @pytest.mark.parametrize("seed", range(200))
 def test_the_show_parser_believes_only_what_tgtd_wrote(seed):
     import random
-    from tgtha.tgtshow import Show
+    from tgtha.tgtshow import MARK_PREFIX, Show
     rng = random.Random(seed)
     tids = sorted(rng.sample(range(1, 60), rng.randint(1, 6)))
     real = [{"tid": tid, "iqn": f"{PREFIX}t{tid}", "state": rng.choice(["ready", "offline"]),
@@ -164,24 +172,29 @@ def test_the_show_parser_believes_only_what_tgtd_wrote(seed):
         for sid in range(rng.randint(0, 3)):
             name = PREFIX + "honest"
             if rng.random() < 0.7:
-                # Any tid but the attacker's own target's (that case is ambiguous: README).
-                victim = rng.choice([t for t in real if t is not target] or real)
-                forged_tid = rng.choice([victim["tid"], rng.choice(absent), victim["tid"] + 1])
-                if forged_tid == target["tid"]:
-                    forged_tid = rng.choice(absent)
-                forged = forged_block(forged_tid, rng.choice([victim["iqn"], ABSENT, OPEN]),
-                                      tuple(rng.sample(range(1, 9), 2)), rng.choice(["ready", "offline"]),
-                                      rng.choice(["\n", "\x1e", "\u2028", "\r\n"]))
+                # Any tid, the attacker's own target's included.
+                victim = rng.choice(real)
+                forged_tid = rng.choice([victim["tid"], target["tid"], rng.choice(absent), victim["tid"] + 1])
+                forged = rng.choice(["", "\n    LUN information:"]) + forged_block(
+                    forged_tid, rng.choice([victim["iqn"], ABSENT, OPEN]), tuple(rng.sample(range(1, 9), 2)),
+                    rng.choice(["ready", "offline"]), rng.choice(["\n", "\x1e", "\u2028", "\r\n"]))
                 name = PREFIX + "evil" + forged * rng.randint(1, 3) + "x" * rng.choice([0, 0, 900])
             target["nexuses"].append((100 * target["tid"] + sid, session_info(name)))
     text = render(real)
-    parsed = {t.tid: t for t in Show(text, lambda tid: tid in tids).targets()}
+
+    def reread_marked(marked: list[int]) -> tuple[str, dict[int, str]]:
+        """What tgtd shows with a mark bound to each of ``marked`` (TgtdControl.show_marked)."""
+        marks = {tid: f"{MARK_PREFIX}{rng.getrandbits(128):032x}" for tid in marked}
+        return render([{**t, "acls": t["acls"] + [marks[t["tid"]]] if t["tid"] in marks else t["acls"]}
+                       for t in real]), marks
+
+    parsed = {t.tid: t for t in Show(text, lambda tid: tid in tids, reread_marked).targets()}
     assert sorted(parsed) == tids
     for target in real:
         got = parsed[target["tid"]]
         assert (got.iqn, got.state) == (target["iqn"], target["state"])
         assert sorted(got.luns) == target["luns"]
         assert got.luns == {} or all(u.path == f"/srv/{target['tid']}-{n}" for n, u in got.luns.items())
-        assert got.incoming == target["accounts"] and got.acls == target["acls"]
+        assert got.incoming == target["accounts"] and sorted(got.acls) == sorted(target["acls"])
         # Sessions are read for closing them only: every real one is found (forged extras do no harm).
         assert {sid for sid, _ in target["nexuses"]} <= {n.sid for n in got.nexuses}

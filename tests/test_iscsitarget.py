@@ -470,19 +470,23 @@ def test_tgtd_not_running_and_not_installed(iscsi_lab):
 
 def test_start_ordered_right_after_tgtd_waits_for_it_to_listen(iscsi_lab, tmp_path):
     """tgt's init script returns once tgtd is forked, before it listens: the
-    start ordered after it (tgtuser, here) waits a few seconds instead of failing."""
+    starts ordered after it (the account, a target) wait a few seconds instead of failing."""
     lab = iscsi_lab
     port = lab.tgtd.control_port
     lab.tgtd.stop()
-    result = {}
-    starter = threading.Thread(target=lambda: result.update(run=lab.agent("tgtuser", "start", account())))
-    starter.start()
+    starts = []
+    starters = [threading.Thread(target=lambda a=agent, p=params: starts.append(lab.agent(a, "start", p)))
+                for agent, params in (("tgtuser", account()), ("iSCSITarget", {"iqn": iqn(1)}))]
+    for starter in starters:
+        starter.start()
     time.sleep(1.0)
     lab.tgtd = Tgtd(lab.node, port, f"{lab.TARGET_IP}:3260", tmp_path / "tgtd-late.log")
     try:
-        starter.join(timeout=30)
-        assert result["run"].rc == 0, result["run"]
+        for starter in starters:
+            starter.join(timeout=30)
+        assert [run.rc for run in starts] == [0, 0], starts
         assert lab.agent("tgtuser", "monitor", account()).rc == 0
+        assert lab.agent("iSCSITarget", "monitor", {"iqn": iqn(1)}).rc == 0
     finally:
         lab.tgtd.stop()
 
@@ -576,27 +580,6 @@ def test_a_recurring_monitor_gives_tgtds_own_monitor_time_to_see_it_dead_first(i
         began = time.monotonic()
         assert lab.agent(agent, "monitor", params, meta={"interval": "10000"}).rc == 7
         assert time.monotonic() - began >= 4.5
-
-
-def test_starts_ordered_right_after_tgtd_wait_for_it_to_listen(iscsi_lab):
-    """tgt's init script and unit return before tgtd listens: the account and the
-    target started next wait for it (a few seconds) instead of failing."""
-    lab = iscsi_lab
-    lab.tgtd.stop()
-    starts = []
-    threads = [threading.Thread(target=lambda a=agent, p=params: starts.append(lab.agent(a, "start", p)))
-               for agent, params in (("tgtuser", account()), ("iSCSITarget", {"iqn": iqn(1)}))]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.0)
-    late = Tgtd(lab.node, lab.tgtd.control_port, f"{lab.TARGET_IP}:3260", lab.tmp_path / "late.log")
-    try:
-        for thread in threads:
-            thread.join()
-        assert [run.rc for run in starts] == [0, 0], starts
-        assert lab.accounts() == [USER] and f": {iqn(1)}\n" in lab.show()
-    finally:
-        late.stop()
 
 
 @pytest.mark.parametrize("length", [118, 200, 255])

@@ -142,7 +142,8 @@ class Target:
 
 def parse_targets(text: str) -> list[Target]:
     """Parse ``tgtadm --mode target --op show`` as if every tid shown existed
-    (the hostile-text rules are tgtshow's; TgtdControl also asks tgtd which tids exist)."""
+    (the hostile-text rules are tgtshow's; TgtdControl also asks tgtd which tids
+    exist, and re-reads with marks a text with forged headers)."""
     from .tgtshow import Show
     return Show(text, lambda tid: True).targets()
 
@@ -278,7 +279,32 @@ class TgtdControl:
     def show(self):
         """The targets as tgtd shows them, read as tgtshow.Show (initiators write part of it)."""
         from .tgtshow import Show
-        return Show(self.request(MODE_TARGET, OP_SHOW, what="show targets"), self.tid_exists)
+        return Show(self.request(MODE_TARGET, OP_SHOW, what="show targets"), self.tid_exists,
+                    self.show_marked)
+
+    def show_marked(self, tids: list[int]) -> tuple[str, dict[int, str]]:
+        """The show again, with a fresh random entry at the end of each of
+        ``tids``' ACLs while it is read (tgtshow's marks: only when an initiator
+        forged a copy of a real target's header). A mark is an "address" tgt
+        can never match: it lets nobody in, even if left behind."""
+        from .tgtshow import MARK_PREFIX
+        marks = {tid: MARK_PREFIX + os.urandom(16).hex() for tid in tids}
+        bound = []
+        try:
+            for tid, mark in marks.items():
+                try:
+                    self.bind_initiator(tid, mark)
+                    bound.append(tid)
+                except TgtdError as err:
+                    if err.code != ERR_NO_TARGET:
+                        raise
+            return self.request(MODE_TARGET, OP_SHOW, what="show targets (marked)"), marks
+        finally:
+            for tid in bound:
+                try:
+                    self.unbind_initiator(tid, marks[tid])
+                except (TgtdError, TgtdUnreachable):
+                    pass    # gone meanwhile, or out of time: a left mark admits nobody
 
     def tid_exists(self, tid: int) -> bool:
         """Asked of tgtd alone: the answer holds no text an initiator wrote."""

@@ -10,11 +10,19 @@ initiator cannot write:
 - tgt lists targets sorted by tid (tgt_target_create), and every real target
   prints its header ``Target N: NAME`` at column 0; whether tid N exists is
   asked of tgtd separately (a per-tid request whose answer holds no session
-  text). A header whose tid does not exist is forged; of several headers with
-  one tid, the real one is the last whose preceding real header has a smaller
-  tid (a forged copy sits inside some target's session text: before the real
-  one if that target's tid is smaller, after it otherwise, where the order
-  gives it away).
+  text). A header whose tid does not exist is forged. A real tid whose header
+  shows once is unambiguous: its real header is always printed, so a forged
+  one of a real tid makes a second.
+- A real tid shown twice or more is resolved by marks: a fresh random entry
+  (``MARK_PREFIX`` + 128 random bits, an "address" tgt can never match, so it
+  lets nobody in) is appended to the ACL of the target and of the real target
+  before it, and the show read again. The ACL is the last thing tgt prints of
+  a target, after every session, and no initiator can know the mark: a
+  target's real header is the first of its tid after the mark of the target
+  before it (or the first line of the text, for the lowest tid), and its
+  block ends at the first header after its own mark. The marks are removed
+  at once; one left by an agent killed in between lets nobody in either and
+  is never read as an ACL entry.
 - Within a real target's text, session text comes after the first
   "I_T nexus information:" line and before the real "LUN information:" line,
   which is therefore the last one before the next real header; the state
@@ -65,70 +73,99 @@ def headers(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-class Show:
-    """One ``show`` answer, with the per-tid existence check it may need."""
+MARK_PREFIX = "tgtha-mark-"
 
-    def __init__(self, text: str, tid_exists: Callable[[int], bool]) -> None:
+
+class Show:
+    """One ``show`` answer, with the per-tid existence check it may need and,
+    for a text with forged copies of real headers, a marked re-read
+    (``reread_marked(tids)`` -> (text, {tid: mark}), see the module docstring)."""
+
+    def __init__(self, text: str, tid_exists: Callable[[int], bool],
+                 reread_marked: Callable[[list[int]], tuple[str, dict[int, str]]] | None = None) -> None:
         self.text = text
         self.headers = headers(text)
         self._exists = tid_exists
         self._known: dict[int, bool] = {}
+        self._reread_marked = reread_marked
+        self._spans: dict[int, tuple[int, int] | None] | None = None   # after a marked re-read
 
     def exists(self, tid: int) -> bool:
         if tid not in self._known:
             self._known[tid] = self._exists(tid)
         return self._known[tid]
 
-    def real_header(self, tid: int) -> int | None:
-        """Position (in self.headers) of tid's real header, or None if tid is not a target.
-
-        Real headers come in increasing tid order, one per real tid. Of several
-        headers with one tid, the real one is taken as the last that still
-        comes before the real header of the next real tid (a forged copy in a
-        lower target's session text comes earlier). A copy forged in the
-        target's own session text stays ambiguous: README says what it can do."""
-        candidates = [i for i, (_, t, _) in enumerate(self.headers) if t == tid]
-        if not candidates or not self.exists(tid):
-            return None
-        if len(candidates) == 1:
-            return candidates[0]
-        limit = self._next_real_position(tid)
-        before = [i for i in candidates if limit is None or i < limit]
-        return before[-1] if before else candidates[0]
-
-    def _next_real_position(self, tid: int) -> int | None:
-        # tgt lists targets by tid: the next real block is the smallest real
-        # tid above this one (a forged copy of a later target may come first).
-        for later_tid in sorted({t for _, t, _ in self.headers if t > tid}):
-            if self.exists(later_tid):
-                return self.real_header(later_tid)
-        return None
-
-    def block_end(self, position: int) -> int:
-        """Character offset where the block of the real header at ``position``
-        ends: the real header of the next real tid, or the end of the text."""
-        following = self._next_real_position(self.headers[position][1])
-        return self.headers[following][0] if following is not None else len(self.text)
-
-    def target(self, tid: int) -> Target | None:
-        position = self.real_header(tid)
-        if position is None:
-            return None
-        start = self.headers[position][0]
-        block = self.text[start:self.block_end(position)]
-        return parse_block(block[:-1].split("\n") if block.endswith("\n") else block.split("\n"))
-
     def tids_named(self, name: str) -> list[int]:
         return sorted({tid for _, tid, header_name in self.headers if header_name == name})
 
+    def target(self, tid: int) -> Target | None:
+        if tid not in {t for _, t, _ in self.headers} or not self.exists(tid):
+            return None
+        span = self._marked_spans([tid])[tid] if self._forged_copies() else self._plain_span(tid)
+        return None if span is None else _parse_span(self.text, span)
+
     def targets(self) -> list[Target]:
         """Every real target (one existence request per tid shown)."""
-        found = []
-        for tid in sorted({tid for _, tid, _ in self.headers}):
-            target = self.target(tid)
-            if target is not None:
-                found.append(target)
-        return found
+        real = [tid for tid in sorted({t for _, t, _ in self.headers}) if self.exists(tid)]
+        if self._forged_copies():
+            spans = self._marked_spans(real)
+            return [_parse_span(self.text, spans[tid]) for tid in real if spans[tid] is not None]
+        return [_parse_span(self.text, self._plain_span(tid)) for tid in real]
+
+    # ------------------------------------------------------------ where a block is
+
+    def _forged_copies(self) -> bool:
+        """Does a real tid show more than one header (a forged copy)?"""
+        seen, repeated = set(), set()
+        for _, tid, _ in self.headers:
+            (repeated if tid in seen else seen).add(tid)
+        return any(self.exists(tid) for tid in sorted(repeated))
+
+    def _plain_span(self, tid: int) -> tuple[int, int]:
+        """No forged copy of a real header: tid's only header starts its block,
+        the header of the next real tid (tgt's order) ends it."""
+        start = next(offset for offset, t, _ in self.headers if t == tid)
+        later = sorted({t for _, t, _ in self.headers if t > tid})
+        following = next((t for t in later if self.exists(t)), None)
+        end = len(self.text) if following is None else \
+            next(offset for offset, t, _ in self.headers if t == following)
+        return start, end
+
+    def _marked_spans(self, wanted: list[int]) -> dict[int, tuple[int, int] | None]:
+        """Blocks of ``wanted`` (real tids) from a marked re-read; None for one gone meanwhile."""
+        if self._reread_marked is None:
+            raise ValueError("forged copies of target headers: a marked re-read is needed")
+        if self._spans is not None and all(tid in self._spans for tid in wanted):
+            return self._spans
+        real = [tid for tid in sorted({t for _, t, _ in self.headers}) if self.exists(tid)]
+        before = {tid: (real[real.index(tid) - 1] if real.index(tid) > 0 else None) for tid in wanted}
+        text, marks = self._reread_marked(sorted({*wanted, *(t for t in before.values() if t is not None)}))
+        self.text, self.headers = text, headers(text)
+        spans: dict[int, tuple[int, int] | None] = {}
+        for tid in wanted:
+            own = _mark_line(text, marks.get(tid))
+            floor = 0 if before[tid] is None else _mark_line(text, marks.get(before[tid]))
+            if own is None or floor is None:
+                spans[tid] = None          # deleted between the two reads
+                continue
+            start = next((offset for offset, t, _ in self.headers if t == tid and offset >= floor), None)
+            end = next((offset for offset, _, _ in self.headers if offset > own), len(text))
+            spans[tid] = None if start is None or start > own else (start, end)
+        self._spans = spans
+        return spans
+
+
+def _mark_line(text: str, mark: str | None) -> int | None:
+    """Offset of the ACL line holding ``mark`` (unique: nobody else knows it)."""
+    if mark is None:
+        return None
+    found = text.find("\n" + _TAB2 + mark + "\n")
+    return None if found == -1 else found + 1
+
+
+def _parse_span(text: str, span: tuple[int, int]) -> Target:
+    block = text[span[0]:span[1]]
+    return parse_block(block[:-1].split("\n") if block.endswith("\n") else block.split("\n"))
 
 
 def parse_block(lines: list[str]) -> Target:
@@ -186,7 +223,7 @@ def parse_block(lines: list[str]) -> Target:
                     target.outgoing = entry[:-len(" (outgoing)")]
                 else:
                     target.incoming.append(entry)
-            else:
+            elif not entry.startswith(MARK_PREFIX):
                 target.acls.append(entry)
     return target
 
