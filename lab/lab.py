@@ -11,8 +11,9 @@ LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
 LAB_BLOCK=silent|reject (tgtha portblock's method, see topology.py)
 LAB_LAYOUT=sets|group (a target's resources: ordered sets or one group, see
 topology.py; default sets with STACK=tgtha, group with STACK=stock)
-LAB_INITIATOR=libiscsi|kernel (qemu-io's libiscsi, or Linux guests with open-iscsi
-and a file system per LUN, see guests.py) LAB_GUESTS=2 LAB_REPLACEMENT_TIMEOUT=120
+LAB_INITIATOR=libiscsi|kernel|both (qemu-io's libiscsi, or Linux guests with open-iscsi
+and a file system per LUN, see guests.py; both: odd LUN numbers to the guests, even
+ones to libiscsi, each LUN one writer) LAB_GUESTS=2 LAB_REPLACEMENT_TIMEOUT=120
 LAB_TIME2WAIT= (iSCSI DefaultTime2Wait on targets and guests; default: theirs, 2 s)
 LAB_SCENARIOS may add "outage" (every target refused for LAB_OUTAGE_S=5 seconds, no
 failover: the detectors' negative control)
@@ -31,7 +32,7 @@ from pathlib import Path
 from cluster import CLIENT_IP, SUBNET, Cluster, wait_for
 from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
-from report import representative, summarize, table, write_gantt, write_json, write_timeline
+from report import pause_figures, representative, summarize, table, write_gantt, write_json, write_timeline
 from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
 from topology import CHAP_USER, Target, Topology
 
@@ -74,9 +75,10 @@ class Settings:
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
-                or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel") \
+                or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel", "both") \
                 or not 1 <= self.guests <= 9 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
-                or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1:
+                or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1 \
+                or (self.initiator == "both" and self.luns < 2):
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
 
@@ -137,7 +139,8 @@ class Run:
         self.progress = progress
         self.initiators: list[LunInitiator] = []
         self.prober: UnauthenticatedProber | None = None
-        self.fleet = None                                  # guests.GuestFleet (LAB_INITIATOR=kernel)
+        self.fleet = None                                  # guests.GuestFleet (LAB_INITIATOR=kernel|both)
+        self.lun_kinds: dict[str, set[str]] = {}           # "kernel"/"libiscsi" -> the LUNs it writes
         self.results: dict[str, list[Failover]] = {}
         self.ended_early: dict[str, str] = {}
         self.start_failures: list[str] = []
@@ -191,9 +194,12 @@ class Run:
     def report(self, cluster: Cluster, interrupted: bool) -> dict:
         settings = self.settings
         scenarios = [summarize(name, records) for name, records in self.results.items()]
-        for scenario in scenarios:
+        for scenario, records in zip(scenarios, self.results.values()):
             scenario["ended_early"] = self.ended_early.get(scenario["name"])
             scenario["initiator"] = settings.initiator
+            if settings.initiator == "both":
+                scenario["by_initiator"] = {kind: pause_figures(records, names)
+                                            for kind, names in self.lun_kinds.items()}
         pauses = [s["pause_max_s"] for s in scenarios if s["pause_max_s"] is not None]
         initiators = self.initiators
         return {
@@ -206,10 +212,12 @@ class Run:
             "targets": settings.targets,
             "luns": settings.targets * settings.luns,
             "backing_store": self.backing_store,
-            "initiator": (f"kernel: {settings.guests} Linux guests, open-iscsi, ext4/xfs, O_DIRECT|O_DSYNC "
-                          "4 KiB records re-read and checked, one CHAP account, replacement_timeout "
-                          f"{settings.replacement_timeout_s} s" if settings.initiator == "kernel"
-                          else "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB"),
+            "initiator": "; ".join(
+                [f"kernel: {settings.guests} Linux guests, open-iscsi, ext4/xfs, O_DIRECT|O_DSYNC "
+                 "4 KiB records re-read and checked, one CHAP account, replacement_timeout "
+                 f"{settings.replacement_timeout_s} s"] * (settings.initiator in ("kernel", "both"))
+                + ["qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB"]
+                * (settings.initiator in ("libiscsi", "both"))),
             "start_failed_actions": self.start_failures,
             "serving": self.serving,
             "resources_not_started_at_start": self.not_started,
@@ -255,6 +263,15 @@ class Run:
               f"{report['prober_attempts']} unauthenticated login attempts")
         print(table(report))
         print("\n".join(["", str(out / "report.json"), str(out / "timeline.png"), *gantts]), flush=True)
+
+
+def initiator_kinds(initiator: str, luns: list[Lun]) -> dict[str, set[str]]:
+    """Which LUNs each kind of initiator writes: one writer per LUN (a guest's file
+    system and a second writer would corrupt each other)."""
+    if initiator != "both":
+        return {initiator: {lun.name for lun in luns}}
+    return {"kernel": {lun.name for lun in luns if lun.lun % 2 == 1},
+            "libiscsi": {lun.name for lun in luns if lun.lun % 2 == 0}}
 
 
 def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topology, luns: list[Lun],
@@ -312,7 +329,7 @@ def main() -> int:
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
         initiator_addresses = [CLIENT_IP] + (GUEST_ADDRESSES[:settings.guests]
-                                             if settings.initiator == "kernel" else [])
+                                             if settings.initiator in ("kernel", "both") else [])
         topology = Topology(settings.stack, node_names, targets, password, block_method=settings.block_method,
                             layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
                             initiator_addresses=initiator_addresses,
@@ -342,13 +359,15 @@ def main() -> int:
         secret_file.write_text(password)
         secret_file.chmod(0o600)
         luns = [Lun(t.name, t.iqn, t.vip, n) for t in targets for n in t.lun_numbers()]
-        if settings.initiator == "kernel":
-            run.fleet = start_kernel_initiators(settings, cluster, topology, luns, password, run_dir, progress)
+        run.lun_kinds = initiator_kinds(settings.initiator, luns)
+        kernel_luns = [lun for lun in luns if lun.name in run.lun_kinds.get("kernel", set())]
+        if kernel_luns:
+            run.fleet = start_kernel_initiators(settings, cluster, topology, kernel_luns, password, run_dir,
+                                                progress)
             lab.fleet = run.fleet
             run.initiators += run.fleet.luns
-        else:
-            run.initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
-                               for seed, lun in enumerate(luns)]
+        run.initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
+                           for seed, lun in enumerate(luns) if lun.name in run.lun_kinds.get("libiscsi", set())]
         run.load_start = time.monotonic()
         for initiator in run.initiators:
             initiator.start()
@@ -359,9 +378,9 @@ def main() -> int:
         wait_for(lambda: all(i.log.completions for i in run.initiators), 60)
         time.sleep(3)
         run.idle = [i.lun.name for i in run.initiators if not i.log.completions]
-        progress(f"load running on {len(run.initiators)} LUNs "
-                 + (f"from {settings.guests} guests (open-iscsi, ext4/xfs, CHAP)" if run.fleet
-                    else f"from {CLIENT_IP} (qemu-io, libiscsi, CHAP)")
+        progress(f"load running on {len(run.initiators)} LUNs from "
+                 + " and ".join([f"{settings.guests} guests (open-iscsi, ext4/xfs, CHAP)"] * bool(run.fleet)
+                                + [f"{CLIENT_IP} (qemu-io, libiscsi, CHAP)"] * ("libiscsi" in run.lun_kinds))
                  + (f"; NO I/O on {run.idle}" if run.idle else ""))
 
         run.serving = len(run.idle) < len(run.initiators)

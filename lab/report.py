@@ -65,6 +65,13 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
     }
 
 
+def pause_figures(failovers: list[Failover], luns: set[str]) -> dict:
+    """Pause p50/p99/max of some initiators (by LUN name) over a scenario's failovers."""
+    pauses = [p for f in failovers for lun, p in f.pauses.items() if lun in luns]
+    return {"pause_p50_s": _round(percentile(pauses, 50)), "pause_p99_s": _round(percentile(pauses, 99)),
+            "pause_max_s": _round(max(pauses) if pauses else None)}
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
@@ -72,7 +79,7 @@ def _round(value: float | None) -> float | None:
 def table(report: dict) -> str:
     header = ("scenario", "n", "settled", "pause p50", "p99", "max", "cluster p50", "max", "I/O err",
               "mismatch", "unauth", "failed act", "stalled")
-    kernel = any(s.get("initiator") == "kernel" for s in report["scenarios"])
+    kernel = any(s.get("initiator") in ("kernel", "both") for s in report["scenarios"])
     if kernel:
         header += ("kernel err", "read-only", "sessions down", "WWID changed")
     rows = [header]
@@ -91,6 +98,10 @@ def table(report: dict) -> str:
         lines.append("(no scenario ran: no initiator completed a single I/O; "
                      f"{len(report['resources_not_started_at_start'])} resources never started, "
                      f"port 3260 block rules left per node: {report['firewall_rules_left']})")
+    for s in report["scenarios"]:
+        for kind, figures in (s.get("by_initiator") or {}).items():
+            lines.append(f"{s['name']}, {kind} initiators only: pause p50 {_s(figures['pause_p50_s'])}, "
+                         f"p99 {_s(figures['pause_p99_s'])}, max {_s(figures['pause_max_s'])}")
     for s in report["scenarios"]:
         if s.get("ended_early"):
             lines.append(f"{s['name']}: ended early: {s['ended_early']}")
