@@ -1,7 +1,8 @@
 # tgtha - Pacemaker OCF agents for HA iSCSI targets on tgt.
 #   make deps      install the Debian packages the agents, tests and lab need (root)
 #   make test      run every test (namespaced ones need root)
-#   make install   agents as ocf:tgtha:*, library beside ocf.py ([DESTDIR=...])
+#   make install   agents as ocf:tgtha:*, library beside ocf.py, man pages ([DESTDIR=...])
+#   make man       ocf_tgtha_<agent>(7) from each agent's metadata, in build/man
 #   make bench     latency of our agents next to the stock ones, same run
 #   make lab       the failover lab: a Pacemaker cluster in namespaces, load, failovers, report
 
@@ -9,6 +10,7 @@ DESTDIR    ?=
 OCF_ROOT   ?= /usr/lib/ocf
 AGENT_DIR   = $(DESTDIR)$(OCF_ROOT)/resource.d/tgtha
 LIB_DIR     = $(DESTDIR)$(OCF_ROOT)/lib/tgtha
+MAN_DIR     = $(DESTDIR)/usr/share/man/man7
 PYTHON     ?= /usr/bin/python3
 AGENTS      = $(notdir $(wildcard agents/*))
 
@@ -18,10 +20,10 @@ DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-ag
                   hyperfine qemu-utils qemu-block-extra iputils-ping strace \
                   qemu-system-x86 linux-image-amd64 open-iscsi busybox-static xfsprogs kmod cpio gcc libc6-dev
 
-.PHONY: all deps test install uninstall bench clean lab
+.PHONY: all deps test install uninstall bench clean lab man
 
 all:
-	@echo "targets: deps test install uninstall bench lab"
+	@echo "targets: deps test install uninstall man bench lab"
 
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -30,15 +32,25 @@ deps:
 test:
 	$(PYTHON) -m pytest -v
 
-install:
-	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata
+MAN_PAGES = $(patsubst %,build/man/ocf_tgtha_%.7,$(AGENTS))
+
+man: $(MAN_PAGES)
+
+build/man/ocf_tgtha_%.7: metadata/%.xml metadata/to_man.py
+	@mkdir -p build/man
+	$(PYTHON) metadata/to_man.py $< > $@.new && mv $@.new $@
+
+install: man
+	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata $(MAN_DIR)
 	install -m 0755 $(addprefix agents/,$(AGENTS)) $(AGENT_DIR)/
 	install -m 0644 lib/tgtha/*.py $(LIB_DIR)/
 	install -m 0644 lib/tgtha/firewall/*.py $(LIB_DIR)/firewall/
 	install -m 0644 metadata/*.xml $(LIB_DIR)/metadata/
+	install -m 0644 $(MAN_PAGES) $(MAN_DIR)/
 
 uninstall:
 	rm -rf $(AGENT_DIR) $(LIB_DIR)
+	rm -f $(patsubst build/man/%,$(MAN_DIR)/%,$(MAN_PAGES))
 
 bench:
 	$(PYTHON) bench/agent_latency.py
@@ -46,6 +58,7 @@ bench:
 
 clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf build
 
 # make lab STACK=stock LAB_TARGETS=2 ... : the lab's knobs (lab/lab.py) pass through.
 export STACK LAB_LAYOUT LAB_BLOCK LAB_TIME2WAIT LAB_INITIATOR LAB_GUESTS LAB_REPLACEMENT_TIMEOUT LAB_OUTAGE_S LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT LAB_DISKS LAB_REBOOT_DELAY_S

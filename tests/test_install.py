@@ -91,3 +91,19 @@ def test_pcs_takes_a_stock_iscsilogicalunit_parameter_set_without_force(tmp_path
     assert stock.returncode == 0, stock.stderr
     unknown = create("lun2", "lun=2", "no_such_parameter=1")      # the control: pcs does check
     assert unknown.returncode != 0 and "no_such_parameter" in unknown.stderr
+
+
+def test_make_install_puts_a_man_page_for_every_agent_that_renders_and_lists_every_parameter(tmp_path):
+    from lxml import etree
+    subprocess.run(["make", "-C", str(REPO), "install", f"DESTDIR={tmp_path}"], check=True, capture_output=True)
+    for agent in sorted((REPO / "agents").iterdir()):
+        page = tmp_path / "usr/share/man/man7" / f"ocf_tgtha_{agent.name}.7"
+        shown = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True,
+                               env={"PATH": "/usr/bin:/bin", "MANWIDTH": "100", "LANG": "C.UTF-8"})
+        assert shown.returncode == 0 and shown.stderr == "", (agent.name, shown.stderr)
+        assert f"ocf_tgtha_{agent.name} - " in shown.stdout
+        metadata = etree.parse(str(REPO / "metadata" / f"{agent.name}.xml")).getroot()
+        for parameter in metadata.iter("parameter"):
+            assert f"\n       {parameter.get('name')}" in shown.stdout, (agent.name, parameter.get("name"))
+        for action in metadata.iter("action"):
+            assert f"\n       {action.get('name')} " in shown.stdout, (agent.name, action.get("name"))
