@@ -3,7 +3,7 @@ open-iscsi with the shared CHAP account, ext4 and xfs on the LUNs, the lab's
 writer proving every record; failovers that must cost a pause and nothing
 else, and the negative control that shows the detectors firing.
 
-The full run is ``make lab LAB_INITIATOR=kernel``.
+The full run is ``make lab LAB_INITIATOR=kernel`` (or ``both``).
 """
 from __future__ import annotations
 
@@ -21,18 +21,24 @@ pytestmark = [needs_root, pytest.mark.skipif(
 SHORT = {"LAB_INITIATOR": "kernel", "LAB_GUESTS": "1", "LAB_TARGETS": "2", "LAB_LUNS": "1"}
 
 
-def test_kernel_initiators_see_a_pause_never_an_error(tmp_path, report):
-    lab = run_lab(tmp_path, **SHORT, LAB_FAILOVERS="2", LAB_SCENARIOS="move,standby,kill-tgtd,outage")
+def test_kernel_and_libiscsi_initiators_side_by_side_see_a_pause_never_an_error(tmp_path, report):
+    """LAB_INITIATOR=both: LUN 1 of each target is the guest's, LUN 2 libiscsi's."""
+    lab = run_lab(tmp_path, **{**SHORT, "LAB_INITIATOR": "both", "LAB_LUNS": "2"}, LAB_FAILOVERS="2",
+                  LAB_SCENARIOS="move,standby,kill-tgtd,outage")
     assert_no_failover_hurt_an_initiator(lab)
     for scenario in lab["scenarios"]:
-        assert scenario["initiator"] == "kernel"
+        assert scenario["initiator"] == "both"
         assert (scenario["kernel_io_errors"], scenario["ro_remounts"], scenario["sessions_not_back"],
                 scenario["wwid_changes"]) == (0, 0, 0, 0), scenario["details"]
+        assert all(scenario["by_initiator"][kind]["pause_max_s"] is not None for kind in ("kernel", "libiscsi"))
+        for detail in scenario["details"]:
+            assert sorted(detail["pauses_s"]) == ["t1/lun1", "t1/lun2", "t2/lun1", "t2/lun2"]
     dmesg = (tmp_path / "lab-out" / "run" / "guest1.dmesg").read_text()
     assert "sd 2:0:0:1" in dmesg or "Attached SCSI disk" in dmesg
     for scenario in lab["scenarios"]:
-        report(f"lab (kernel initiator) {scenario['name']}: pause p50 {scenario['pause_p50_s']}s "
-               f"max {scenario['pause_max_s']}s, kernel errors 0, read-only 0")
+        kernel, libiscsi = scenario["by_initiator"]["kernel"], scenario["by_initiator"]["libiscsi"]
+        report(f"lab (kernel + libiscsi initiators) {scenario['name']}: pause max kernel {kernel['pause_max_s']}s, "
+               f"libiscsi {libiscsi['pause_max_s']}s, kernel errors 0, read-only 0")
 
 
 def test_an_outage_past_replacement_timeout_is_seen_as_errors_and_read_only_file_systems(tmp_path, report):
