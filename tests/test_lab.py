@@ -28,7 +28,8 @@ PREFIX = "tgthalabt"
 
 def lab_env(tmp_path, **knobs: str) -> dict[str, str]:
     subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
-    return {**os.environ, "LAB_OUT": str(tmp_path / "lab-out"), "LAB_PREFIX": PREFIX, "LAB_NODES": "2", **knobs}
+    return {**os.environ, "LAB_OUT": str(tmp_path / "lab-out"), "LAB_PREFIX": PREFIX, "LAB_NODES": "2",
+            "LAB_INITIATOR": "libiscsi", **knobs}
 
 
 def run_lab(tmp_path, **knobs: str) -> dict:
