@@ -31,8 +31,8 @@ def test_kernel_and_libiscsi_initiators_side_by_side_see_a_pause_never_an_error(
         assert (scenario["kernel_io_errors"], scenario["ro_remounts"], scenario["sessions_not_back"],
                 scenario["wwid_changes"]) == (0, 0, 0, 0), scenario["details"]
         assert all(scenario["by_initiator"][kind]["pause_max_s"] is not None for kind in ("kernel", "libiscsi"))
-        for detail in scenario["details"]:
-            assert sorted(detail["pauses_s"]) == ["t1/lun1", "t1/lun2", "t2/lun1", "t2/lun2"]
+        for detail in scenario["details"]:     # the moved targets' LUNs: each with both kinds of writer
+            assert {name.split("/")[1] for name in detail["pauses_s"]} == {"lun1", "lun2"}, detail["pauses_s"]
     dmesg = (tmp_path / "lab-out" / "run" / "guest1.dmesg").read_text()
     assert "sd 2:0:0:1" in dmesg or "Attached SCSI disk" in dmesg
     for scenario in lab["scenarios"]:
