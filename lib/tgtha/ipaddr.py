@@ -166,7 +166,7 @@ class IPaddr2(ocf.Agent):
 
     def _validate(self) -> None:
         configured = [name for name in UNSUPPORTED if self.param(name)]
-        if self.param("run_arping").lower() not in ("false", "no", "0", "off"):
+        if ocf.boolean("run_arping", self.param("run_arping")):
             configured.append("run_arping")   # stock's default (false) moves over as it is
         if configured:
             raise OCFError(ERR_CONFIGURED, f"not supported by ocf:tgtha:IPaddr2: {', '.join(configured)}"

@@ -48,6 +48,20 @@ class OCFError(Exception):
         self.reason = reason
 
 
+TRUE_WORDS = ("yes", "true", "1", "on", "y")
+FALSE_WORDS = ("no", "false", "0", "off", "n", "")
+
+
+def boolean(name: str, value: str) -> bool:
+    """A boolean parameter as resource-agents' ocf_is_true reads it; anything else is 6."""
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise OCFError(ERR_CONFIGURED, f"{name}={value!r} is not a boolean (true/false)")
+
+
 # ---------------------------------------------------------------- secrets
 
 _secrets: list[str] = []

@@ -21,17 +21,6 @@ if TYPE_CHECKING:
 
 PROMOTION_SCORE_PROMOTED = "10"
 PROMOTION_SCORE_UNPROMOTED = "5"
-TRUE_WORDS = ("yes", "true", "1", "on", "y")
-FALSE_WORDS = ("no", "false", "0", "off", "n", "")
-
-
-def _flag(name: str, value: str) -> bool:
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise OCFError(ERR_CONFIGURED, f"{name}={value!r} is not a boolean (true/false)")
 
 
 def _mtime_ns(path: str) -> int | None:
@@ -115,11 +104,11 @@ class Portblock(ocf.Agent):
 
     @property
     def close_connections(self) -> bool:
-        return _flag("close_connections", self.param("close_connections"))
+        return ocf.boolean("close_connections", self.param("close_connections"))
 
     @property
     def reset_local_on_unblock_stop(self) -> bool:
-        return _flag("reset_local_on_unblock_stop", self.param("reset_local_on_unblock_stop"))
+        return ocf.boolean("reset_local_on_unblock_stop", self.param("reset_local_on_unblock_stop"))
 
     @property
     def tickle_dir(self) -> str:
