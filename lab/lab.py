@@ -213,12 +213,7 @@ class Run:
             "targets": settings.targets,
             "luns": settings.targets * settings.luns,
             "backing_store": self.backing_store,
-            "initiator": "; ".join(
-                [f"kernel: {settings.guests} Linux guests, open-iscsi, ext4/xfs, O_DIRECT|O_DSYNC "
-                 "4 KiB records re-read and checked, one CHAP account, replacement_timeout "
-                 f"{settings.replacement_timeout_s} s"] * (settings.initiator in ("kernel", "both"))
-                + ["qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB"]
-                * (settings.initiator in ("libiscsi", "both"))),
+            "initiator": "; ".join(initiator_description(kind, settings) for kind in self.lun_kinds),
             "start_failed_actions": self.start_failures,
             "serving": self.serving,
             "resources_not_started_at_start": self.not_started,
@@ -273,6 +268,15 @@ def initiator_kinds(initiator: str, luns: list[Lun]) -> dict[str, set[str]]:
         return {initiator: {lun.name for lun in luns}}
     return {"kernel": {lun.name for lun in luns if lun.lun % 2 == 1},
             "libiscsi": {lun.name for lun in luns if lun.lun % 2 == 0}}
+
+
+def initiator_description(kind: str, settings: Settings) -> str:
+    """What one kind of the lab's initiators is and does, for the report."""
+    if kind == "kernel":
+        return (f"kernel: {settings.guests} Linux guests, open-iscsi, ext4/xfs, O_DIRECT|O_DSYNC 4 KiB "
+                "records re-read and checked, one CHAP account, replacement_timeout "
+                f"{settings.replacement_timeout_s} s")
+    return "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB"
 
 
 def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topology, luns: list[Lun],
@@ -380,8 +384,9 @@ def main() -> int:
         time.sleep(3)
         run.idle = [i.lun.name for i in run.initiators if not i.log.completions]
         progress(f"load running on {len(run.initiators)} LUNs from "
-                 + " and ".join([f"{settings.guests} guests (open-iscsi, ext4/xfs, CHAP)"] * bool(run.fleet)
-                                + [f"{CLIENT_IP} (qemu-io, libiscsi, CHAP)"] * ("libiscsi" in run.lun_kinds))
+                 + " and ".join({"kernel": f"{settings.guests} guests (open-iscsi, ext4/xfs, CHAP)",
+                                 "libiscsi": f"{CLIENT_IP} (qemu-io, libiscsi, CHAP)"}[kind]
+                                for kind in run.lun_kinds)
                  + (f"; NO I/O on {run.idle}" if run.idle else ""))
 
         run.serving = len(run.idle) < len(run.initiators)
