@@ -82,8 +82,7 @@ def test_split_words_splits_exactly_as_shlex_does():
     """proc.split_words skips shlex for plain words: the same answer, always."""
     import random
     import shlex
-    import sys
-    sys.path.insert(0, str(AGENTS.parent / "lib"))
+
     from tgtha.proc import split_words
     alphabet = "ab=-:./ \t\n\r\x0b\x0c\x1f'\"\\#é\u2028"
     rng = random.Random(20261202)
