@@ -319,6 +319,18 @@ def test_start_and_stop_are_idempotent_and_probes_say_not_running(iscsi_lab):
     assert lab.accounts() == []
 
 
+@pytest.mark.parametrize("tid", ["999999999", "1000000000", "2147483646"])
+def test_every_tid_the_parameter_takes_is_served_up_to_ten_digits(iscsi_lab, tid):
+    """Ten-digit tids were once not read back from tgtd's show (start failed: 'ACL is []')."""
+    lab = iscsi_lab
+    params = {"iqn": iqn(3), "tid": tid}
+    assert lab.agent("iSCSITarget", "start", params).rc == 0
+    assert tid_of(lab, iqn(3)) == int(tid)
+    assert lab.agent("iSCSITarget", "monitor", params, meta={"interval": "10000"}).rc == 0
+    assert lab.agent("iSCSITarget", "stop", params).rc == 0
+    assert lab.agent("iSCSITarget", "monitor", params).rc == 7
+
+
 def test_tids_are_allocated_without_collisions_even_in_parallel(iscsi_lab):
     lab = iscsi_lab
     lab.tgtd.tgtadm("--op", "new", "--mode", "target", "--tid", "2", "-T", "iqn.2026-11.test:someone-else")

@@ -50,7 +50,8 @@ def header_of(line: str) -> tuple[int, str] | None:
     if not line.startswith("Target "):
         return None
     number, colon, name = line[len("Target "):].partition(": ")
-    if not colon or not number.isascii() or not number.isdigit() or len(number) > 9:
+    # tgt's tids are ints: up to 2**31 - 1, ten digits.
+    if not colon or not number.isascii() or not number.isdigit() or len(number) > 10 or int(number) >= 2**31:
         return None
     return int(number), name
 
