@@ -99,6 +99,44 @@ def test_start_returns_a_tgtd_that_answers_and_stop_leaves_nothing(node):
     assert "--foreground" in (node.tmp_path / "tgtd.log").read_text()
 
 
+def _login(node: Node, iqn: str) -> str:
+    """What a libiscsi login from the client to ``iqn`` on the node says."""
+    result = subprocess.run(node.client.exec_argv("timeout", "10", "iscsi-inq", "-i",
+                                                  "iqn.2026-11.test.tgtha:client", f"iscsi://{NODE_IP}/{iqn}/0"),
+                            capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("iscsi-inq") is None, reason="libiscsi-bin not installed")
+def test_a_tgtd_without_targets_answers_logins_target_not_found_instead_of_closing_them(node):
+    """tgt closes every connection unanswered while it has no target (open-iscsi 2.1.8 can
+    wedge a session on that); the placeholder keeps its list from being empty."""
+    assert node.tgtd("start").rc == 0
+    assert "Target not found" in _login(node, IQN.format("absent"))
+    placeholder = "iqn.2026-12.org.tgtha:placeholder"
+    assert "Target not found" in _login(node, placeholder)                  # it admits nobody
+    discovery = subprocess.run(node.client.exec_argv("timeout", "10", "iscsi-ls", "-s", f"iscsi://{NODE_IP}"),
+                               capture_output=True, text=True)
+    assert discovery.returncode == 0 and placeholder not in discovery.stdout   # nor lists it
+    # Deleted by hand: the next recurring monitor makes it again, a probe changes nothing.
+    node.tgtadm("--mode", "target", "--op", "delete", "--tid", "2147483647")
+    assert node.tgtd("monitor", meta={"interval": "0"}).rc == 0
+    assert placeholder not in node.tgtadm("--mode", "target", "--op", "show").stdout
+    assert node.tgtd("monitor", meta={"interval": "5000"}).rc == 0
+    assert placeholder in node.tgtadm("--mode", "target", "--op", "show").stdout
+    assert node.tgtd("stop").rc == 0 and node.pids() == []
+
+
+@pytest.mark.skipif(shutil.which("iscsi-inq") is None, reason="libiscsi-bin not installed")
+def test_without_the_placeholder_an_empty_tgtd_closes_logins_unanswered(node):
+    """The negative control of the test above: the very failure the placeholder prevents."""
+    assert node.tgtd("start", placeholder_target="false").rc == 0
+    said = _login(node, IQN.format("absent"))
+    assert "Target not found" not in said and said.strip(), said
+    assert "placeholder" not in node.tgtadm("--mode", "target", "--op", "show").stdout
+    assert node.tgtd("stop", placeholder_target="false").rc == 0
+
+
 def test_a_tgtd_started_by_hand_is_adopted_not_doubled(node):
     log = open(node.tmp_path / "by-hand.log", "w")
     by_hand = subprocess.Popen(node.ns.exec_argv("tgtd", "-f", "-C", str(node.port)), stdout=log,
@@ -185,6 +223,7 @@ def _cmdline(pid: str) -> str:
     ({"binary": "tgtd"}, 6, "absolute"),
     ({"binary": "/nonexistent/tgtd"}, 5, "not installed"),
     ({"log_file": "/nonexistent/dir/tgtd.log"}, 5, "does not exist"),
+    ({"placeholder_target": "maybe"}, 6, "not a boolean"),
 ])
 def test_bad_input_is_refused_with_a_reason_and_starts_nothing(node, params, rc, reason):
     for action in ("validate-all", "start"):

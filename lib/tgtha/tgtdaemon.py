@@ -12,6 +12,16 @@ which tgtd holds the control port (tgtd's own lock file names its pid) ->
 start: adopt it or spawn one and wait until it answers ready;
 monitor: one request, answered in time, state ready;
 stop: offline, sessions closed, targets deleted, shut down, SIGKILL last.
+
+The placeholder target: tgt accepts a connection and closes it unanswered
+while it has no target at all (iscsi_tcp.c accept_connection). A node whose
+last target is being moved or restarted then hands every reconnecting
+initiator exactly that, and open-iscsi 2.1.8 (Debian 12) can wedge a session
+on it for good ("can't bind conn ... retcode -107"; fixed in 2.1.9), which
+ends in a read-only file system at replacement_timeout. Measured in the lab's
+static-portal variant. A target that admits nobody keeps the list from ever
+being empty, so a login to an absent target is answered "target not found"
+and the initiator retries.
 """
 from __future__ import annotations
 
@@ -30,6 +40,9 @@ RESERVED_OPTIONS = ("-f", "--foreground", "-D", "--nodaemonize", "-C", "--contro
 POLL_S = 0.02
 # struct flock on Linux (x86-64, arm64): l_type, l_whence, l_start, l_len, l_pid.
 _FLOCK = struct.Struct("hhqqi4x")
+# The highest tid tgtadm takes: above every automatic tid (iSCSITarget's are below 2**28).
+PLACEHOLDER_TID = 2**31 - 1
+PLACEHOLDER_IQN = "iqn.2026-12.org.tgtha:placeholder"
 
 
 class TgtdAgent(ocf.Agent):
@@ -39,6 +52,7 @@ class TgtdAgent(ocf.Agent):
         "control_port": "0",
         "tgtd_options": "",
         "log_file": "",
+        "placeholder_target": "true",
     }
 
     # ------------------------------------------------------------ parameters
@@ -82,6 +96,10 @@ class TgtdAgent(ocf.Agent):
             raise OCFError(ERR_CONFIGURED, f"log_file={path!r} must be an absolute path")
         return path
 
+    @property
+    def placeholder_target(self) -> bool:
+        return ocf.boolean("placeholder_target", self.param("placeholder_target"))
+
     # ------------------------------------------------------------ derived state
 
     @property
@@ -109,7 +127,7 @@ class TgtdAgent(ocf.Agent):
     # ---------------------------------------------------------------- actions
 
     def validate_all(self) -> int:
-        self.binary, self.control_port, self.tgtd_options
+        self.binary, self.control_port, self.tgtd_options, self.placeholder_target
         log_dir = os.path.dirname(self.log_file)
         if not os.path.isdir(log_dir):
             raise OCFError(ERR_INSTALLED, f"log_file: directory {log_dir} does not exist on this node")
@@ -117,12 +135,19 @@ class TgtdAgent(ocf.Agent):
 
     def monitor(self) -> int:
         self.binary  # not installed: a probe says "not running" (ocf_runtime)
+        ctl = self.control()
         try:
-            state = self.control().system_state()
+            state = ctl.system_state()
+            if state == "ready" and not self.is_probe and self.placeholder_target:
+                self._ensure_placeholder(ctl)
         except TgtdNotRunning:
             return ocf.NOT_RUNNING
         except TgtdUnreachable as err:
             raise OCFError(ERR_GENERIC, f"tgtd (pid {self.holder_pid()}) is hung: {err}") from None
+        except TgtdError as err:
+            # tgtd answered its state: it runs. A placeholder it refused is not worth a
+            # restart of every target on the node; the next monitor tries again.
+            ocf.log_warning(f"the placeholder target could not be made again: {err}")
         if state != "ready":
             raise OCFError(ERR_GENERIC, f"tgtd on control port {self.control_port} is {state or 'in no state'}, "
                                         "not ready: it closes every new connection")
@@ -135,6 +160,8 @@ class TgtdAgent(ocf.Agent):
         child = self._spawn()
         try:
             self._wait_until_ready(child)
+            if self.placeholder_target:
+                self._ensure_placeholder(self.control())
         except BaseException:
             self._kill(child)
             raise
@@ -170,6 +197,8 @@ class TgtdAgent(ocf.Agent):
             ctl = self.control()
             if ctl.system_state() != "ready":
                 ctl.set_system_state("ready")
+            if self.placeholder_target:
+                self._ensure_placeholder(ctl)
         except (TgtdUnreachable, TgtdError) as err:
             raise OCFError(ERR_GENERIC, f"a tgtd (pid {self.holder_pid()}) holds control port "
                                         f"{self.control_port} but does not serve it: {err}") from None
@@ -221,6 +250,15 @@ class TgtdAgent(ocf.Agent):
                                             f"{socket_path(self.control_port)} before the start timeout")
             time.sleep(POLL_S)
 
+    def _ensure_placeholder(self, ctl: TgtdControl) -> None:
+        """The target that admits nobody (see the module docstring): no ACL, so
+        tgt hides it from discovery and refuses every login to it."""
+        if ctl.tid_exists(PLACEHOLDER_TID):
+            return
+        ctl.create_target(PLACEHOLDER_TID, PLACEHOLDER_IQN)
+        ocf.log_info(f"placeholder target {PLACEHOLDER_IQN} (tid {PLACEHOLDER_TID}) made: tgtd answers "
+                     "logins to absent targets \"target not found\" instead of closing them")
+
     def _kill(self, child: int) -> None:
         """A failed start leaves no tgtd of its own behind."""
         self._signal(child, 9)
@@ -244,9 +282,10 @@ class TgtdAgent(ocf.Agent):
     def _shut_down(self, ctl: TgtdControl) -> None:
         """The orderly way out: no new connection, no session, no target, then exit."""
         from .sessions import close_sessions
-        ctl.set_system_state("offline")       # tgtd now closes every new connection at accept
-        targets = ctl.targets()
+        targets = [t for t in ctl.targets() if t.tid != PLACEHOLDER_TID]
         if targets:
+            # Offline: tgtd closes every new connection at accept while these go.
+            ctl.set_system_state("offline")
             ocf.log_warning(f"stopping tgtd with {len(targets)} target(s) still defined: "
                             + ", ".join(t.iqn for t in targets))
             for target in targets:
@@ -255,6 +294,9 @@ class TgtdAgent(ocf.Agent):
                 close_sessions(ctl, target, [], ctl.deadline)   # through tgtd's own portals
             for target in targets:
                 ctl.delete_target(target.tid)
+        # The placeholder goes last, right before the exit: no window of an empty
+        # target list (connections closed unanswered) but the one between two requests.
+        ctl.delete_target(PLACEHOLDER_TID)
         ctl.shut_down()
 
     def _wait_for_exit(self, pid: int, until: float) -> bool:
