@@ -21,6 +21,7 @@ from pathlib import Path
 
 LAB_DIR = Path(__file__).resolve().parent
 SUBNET = "10.77.0"          # exists only inside the lab's namespaces
+SUBNET2 = "10.78.0"         # the second network (LAB_MULTIPATH): bridge br1, the nodes' eth1
 CLIENT_IP = f"{SUBNET}.200"
 
 
@@ -46,6 +47,8 @@ class Node:
         self.name = f"node{index}"
         self.netns = f"{cluster.prefix}-n{index}"
         self.ip = f"{SUBNET}.{10 + index}"
+        self.ip2 = f"{SUBNET2}.{10 + index}"
+        self.static_addresses: list[str] = []    # more of its own (static portals), set before up()
         self.switch_port = f"v{index}"
         self.dir = cluster.run_dir / self.name
         self.pid1: int | None = None
@@ -99,7 +102,16 @@ class Node:
         every group a second time."""
         run(["ip", "netns", "del", self.netns], check=False)
         run(["ip", "-n", self.cluster.switch, "link", "del", self.switch_port], check=False)
-        self.cluster.plug(self.netns, self.switch_port, self.ip)
+        run(["ip", "-n", self.cluster.switch, "link", "del", self.switch_port + "b"], check=False)
+        self.plug()
+
+    def plug(self) -> None:
+        """Into the switch: eth0 on the first network, eth1 on the second if there is one."""
+        first = [a for a in self.static_addresses if not a.startswith(SUBNET2 + ".")]
+        self.cluster.plug(self.netns, self.switch_port, self.ip, first)
+        if self.cluster.networks == 2:
+            second = [a for a in self.static_addresses if a.startswith(SUBNET2 + ".")]
+            self.cluster.wire(self.netns, self.switch_port + "b", "br1", "eth1", [self.ip2, *second])
 
     def boot_cluster_stack(self) -> None:
         """Power on, then corosync and pacemaker, as a node's boot would."""
@@ -161,8 +173,9 @@ class Cluster:
     """Build, operate and tear down the namespace cluster."""
 
     def __init__(self, run_dir: Path, nodes: int = 2, prefix: str = "tgthalab",
-                 token_ms: int = 1000, reboot_delay_s: float = 15.0) -> None:
+                 token_ms: int = 1000, reboot_delay_s: float = 15.0, networks: int = 1) -> None:
         self.run_dir = run_dir
+        self.networks = networks        # 2: a second network (bridge br1) for a second portal per target
         self.prefix = prefix
         self.switch = f"{prefix}-sw"
         self.client = f"{prefix}-c"
@@ -204,19 +217,27 @@ class Cluster:
         run(["ip", "-n", self.switch, "link", "set", "lo", "up"])
         run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
+        if self.networks == 2:
+            run(["ip", "-n", self.switch, "link", "add", "br1", "type", "bridge"])
+            run(["ip", "-n", self.switch, "link", "set", "br1", "up"])
         for node in self.nodes:
-            self.plug(node.netns, node.switch_port, node.ip)
+            node.plug()
         self.plug(self.client, "vc", CLIENT_IP)
 
-    def plug(self, netns: str, port: str, ip: str) -> None:
-        """A host on the switch: a fresh network namespace, its eth0 in switch port ``port``."""
+    def plug(self, netns: str, port: str, ip: str, more: list[str] = ()) -> None:
+        """A host on the switch: a fresh network namespace, its eth0 in switch port ``port``
+        with address ``ip`` and ``more``."""
         run(["ip", "netns", "add", netns])
         run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        run(["ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-             "netns", netns])
-        run(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
-        run(["ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", "eth0"])
-        run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        self.wire(netns, port, "br0", "eth0", [ip, *more])
+
+    def wire(self, netns: str, port: str, bridge: str, nic: str, addresses: list[str]) -> None:
+        """A veth from switch port ``port`` on ``bridge`` to ``nic`` in ``netns``, with /24 addresses."""
+        run(["ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", nic, "netns", netns])
+        run(["ip", "-n", self.switch, "link", "set", port, "master", bridge, "up"])
+        for address in addresses:
+            run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", nic])
+        run(["ip", "-n", netns, "link", "set", nic, "up"])
 
     def _configuration(self) -> None:
         nodelist = "".join(

@@ -1,6 +1,11 @@
 """The kernel-initiator guests' boot image: Debian's own kernel and an initramfs
 built from installed Debian packages (busybox-static, open-iscsi, e2fsprogs,
-xfsprogs, kmod) plus the lab's init (guest/init.sh) and writer (guest/writer.c).
+xfsprogs, kmod, udev, dmsetup) plus the lab's init (guest/init.sh) and writer
+(guest/writer.c), and dm-multipath (multipath-tools, for LAB_MULTIPATH).
+
+multipath-tools is taken from its .deb (``apt-get download``, cached under
+``DEBS``), not installed on the host: its package starts multipathd there.
+dm-multipath counts only udev-initialised devices, hence udevd in the guest.
 
 Built once and cached under ``CACHE``: the key covers the kernel, the versions
 of the packages it is built from and the lab's own guest sources, so a kernel
@@ -15,12 +20,25 @@ import tempfile
 from pathlib import Path
 
 CACHE = Path("/var/cache/tgtha-lab/guest")
+DEBS = Path("/var/cache/tgtha-lab/debs")
+GUEST_ONLY_PACKAGES = ["multipath-tools"]
 HERE = Path(__file__).parent
 SOURCES = [HERE / "guest" / "init.sh", HERE / "guest" / "writer.c", Path(__file__)]
-PACKAGES = ["linux-image-amd64", "busybox-static", "open-iscsi", "e2fsprogs", "xfsprogs", "kmod", "libc6"]
-BINARIES = ["iscsid", "iscsiadm", "mke2fs", "mkfs.xfs", "kmod"]
+PACKAGES = ["linux-image-amd64", "busybox-static", "open-iscsi", "e2fsprogs", "xfsprogs", "kmod", "libc6",
+            "udev", "dmsetup"]
+BINARIES = ["iscsid", "iscsiadm", "mke2fs", "mkfs.xfs", "kmod", "dmsetup", "udevadm"]
 MODULES = ["virtio_pci", "virtio_net", "iscsi_tcp", "sd_mod", "ext4", "xfs", "crc32c_generic",
-           "crc32c_intel", "libcrc32c"]
+           "crc32c_intel", "libcrc32c", "dm_multipath", "dm_service_time", "dm_round_robin"]
+# What dm-multipath needs of udev: the devices' ID_SERIAL (scsi_id) and dm's own rules.
+UDEV_RULES = ["50-udev-default", "55-dm", "60-block", "60-persistent-storage", "60-persistent-storage-dm",
+              "95-dm-notify"]
+MULTIPATH_CONF = """\
+# The lab's guests: every LUN's two paths (one per network) make one map.
+defaults {
+    find_multipaths no
+    no_path_retry queue
+}
+"""
 
 
 class ImageError(RuntimeError):
@@ -45,9 +63,31 @@ def cache_key(kernel: str) -> str:
     listing = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *PACKAGES],
                              capture_output=True, text=True).stdout
     digest.update(listing.encode())
+    for deb in guest_debs():
+        digest.update(deb.name.encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def guest_debs() -> list[Path]:
+    """The guest-only packages' .debs, downloaded once (the candidate version of this
+    machine's apt sources: a newer one downloads and builds a new image)."""
+    DEBS.mkdir(parents=True, exist_ok=True)
+    found = []
+    for package in GUEST_ONLY_PACKAGES:
+        version = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True).stdout
+        candidate = next((line.split()[1] for line in version.splitlines() if "Candidate:" in line), "")
+        name = f"{package}_{candidate.replace(':', '%3a')}_amd64.deb"
+        if not candidate or candidate == "(none)":
+            raise ImageError(f"apt knows no {package} (apt-get update?)")
+        if not (DEBS / name).exists():
+            fetched = subprocess.run(["apt-get", "download", f"{package}={candidate}"], cwd=DEBS,
+                                     capture_output=True, text=True)
+            if fetched.returncode != 0 or not (DEBS / name).exists():
+                raise ImageError(f"apt-get download {package} failed: {fetched.stderr.strip()[-300:]}")
+        found.append(DEBS / name)
+    return found
 
 
 def ensure_image(progress=print) -> tuple[Path, Path]:
@@ -80,7 +120,9 @@ def _build(work: Path, kernel: str, initramfs: Path) -> None:
     (root / "sbin/mkfs.ext4").symlink_to("mke2fs")
     for tool in ("modprobe", "insmod", "depmod"):
         (root / "sbin" / tool).symlink_to("kmod")
-    for library in _libraries(binaries):
+    binaries += _install_multipath(root, work)
+    # glibc loads libgcc_s itself, for pthread_cancel (multipathd aborts without it): ldd cannot see that.
+    for library in _libraries(binaries, work / "debs/lib") | {Path("/lib/x86_64-linux-gnu/libgcc_s.so.1")}:
         target = root / library.relative_to("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(library, target, follow_symlinks=True)
@@ -116,13 +158,44 @@ def _install_busybox(root: Path) -> None:
             link.symlink_to("busybox")
 
 
-def _libraries(binaries: list[Path]) -> set[Path]:
+def _install_multipath(root: Path, work: Path) -> list[Path]:
+    """multipath-tools from its .deb, udevd and the rules multipath needs; the
+    files whose libraries must come along."""
+    unpacked = work / "debs"
+    for deb in guest_debs():
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+    needing_libraries = []
+    for name in ("multipath", "multipathd"):
+        shutil.copy2(unpacked / "sbin" / name, root / "sbin" / name)
+        needing_libraries.append(unpacked / "sbin" / name)
+    for library in (unpacked / "lib").glob("lib*.so.*"):
+        shutil.copy2(library, root / "lib" / library.name)
+    (root / "lib/multipath").mkdir()
+    for plugin in (unpacked / "lib/multipath").glob("*.so"):
+        shutil.copy2(plugin, root / "lib/multipath" / plugin.name)
+        needing_libraries.append(plugin)
+    rules = root / "lib/udev/rules.d"
+    rules.mkdir(parents=True)
+    for rule in UDEV_RULES:
+        shutil.copy2(f"/lib/udev/rules.d/{rule}.rules", rules)
+    for rule in (unpacked / "lib/udev/rules.d").glob("*.rules"):
+        shutil.copy2(rule, rules)
+    shutil.copy2("/lib/udev/scsi_id", root / "lib/udev/scsi_id")
+    (root / "lib/systemd").mkdir(parents=True)
+    (root / "lib/systemd/systemd-udevd").symlink_to("/sbin/udevadm")   # udevadm is udevd by that name
+    (root / "etc/multipath.conf").write_text(MULTIPATH_CONF)
+    return needing_libraries + [Path("/lib/udev/scsi_id")]
+
+
+def _libraries(binaries: list[Path], also: Path) -> set[Path]:
+    """Every shared library the binaries load (``also``: where the unpacked packages' are)."""
     libraries = set()
     for binary in binaries:
-        listing = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+        listing = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
+                                 env={"LD_LIBRARY_PATH": str(also)}).stdout
         for line in listing.splitlines():
             for word in line.split():
-                if word.startswith("/"):
+                if word.startswith("/") and not word.startswith(str(also)):
                     libraries.add(Path(word))
     return libraries
 

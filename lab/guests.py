@@ -10,6 +10,11 @@ every target with the one shared CHAP account; each LUN's filesystem is
 mounted and written by one guest only (ext4 and xfs are not cluster file
 systems): LUN k of the run goes to guest k mod guests, ext4 on even k, xfs on
 odd.
+
+With multipath (LAB_MULTIPATH) a guest has a second NIC on the second
+network, logs in to every target through both of its portals, and runs udevd
+and multipathd (``no_path_retry queue``): each LUN's file system sits on its
+dm-multipath map, whose WWID and paths the lab checks after every failover.
 """
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ from pathlib import Path
 from initiators import IoLog, Lun
 
 GUEST_MEMORY_MB = 160
+# udevd, its workers (each running multipath -u) and multipathd (which locks its memory):
+# at 160 MiB the OOM killer took iscsid, and no session came back.
+MULTIPATH_GUEST_MEMORY_MB = 320
 RECORDS = 1024                    # ring of 4 KiB records per LUN: 4 MiB written round and round
 ERRNO_EROFS = 30
 
@@ -33,12 +41,14 @@ ERRNO_EROFS = 30
 KERNEL_IO_ERRORS = ("I/O error", "rejecting I/O to offline device", "Logical unit not supported")
 READ_ONLY = ("Remounting filesystem read-only", "xfs_do_force_shutdown", "Filesystem has been shut down",
              "Corruption of in-memory data detected")
+# open-iscsi 2.1.8's endless reconnect loop (fixed in 2.1.9): the session never comes back.
+ISCSID_WEDGED = ("can't bind conn",)
 
 
 @dataclass
 class KernelEvent:
     at: float
-    kind: str                     # "io_error" or "read_only"
+    kind: str                     # "io_error", "read_only" or "wedged"
     line: str
 
 
@@ -66,8 +76,10 @@ class KernelLun:
 
 class Guest:
     def __init__(self, index: int, address: str, prefix_length: int, netns: str, bridge: str,
-                 image: tuple[Path, Path], run_dir: Path) -> None:
+                 image: tuple[Path, Path], run_dir: Path, address2: str = "", bridge2: str = "") -> None:
         self.index = index
+        self.address2 = address2        # on bridge2: the second network (multipath)
+        self.bridge2 = bridge2
         self.name = f"guest{index}"
         self.address = address
         self.prefix_length = prefix_length
@@ -96,23 +108,34 @@ class Guest:
 
     # ------------------------------------------------------------ life
 
+    @property
+    def multipath(self) -> bool:
+        return bool(self.address2)
+
+    def _taps(self) -> list[tuple[str, str]]:
+        return [(self.tap, self.bridge)] + ([(self.tap + "b", self.bridge2)] if self.multipath else [])
+
     def start(self) -> None:
-        subprocess.run(["ip", "-n", self.netns, "tuntap", "add", "dev", self.tap, "mode", "tap"], check=True)
-        subprocess.run(["ip", "-n", self.netns, "link", "set", self.tap, "master", self.bridge, "up"], check=True)
+        for tap, bridge in self._taps():
+            subprocess.run(["ip", "-n", self.netns, "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+            subprocess.run(["ip", "-n", self.netns, "link", "set", tap, "master", bridge, "up"], check=True)
         sockets = {what: self._socket_path(what) for what in ("console", "command", "records")}
         for path in sockets.values():
             path.unlink(missing_ok=True)
         argv = ["ip", "netns", "exec", self.netns, "qemu-system-x86_64",
-                "-accel", "tcg,tb-size=32", "-cpu", "max", "-smp", "1", "-m", str(GUEST_MEMORY_MB), "-M", "pc",
+                "-accel", "tcg,tb-size=32", "-cpu", "max", "-smp", "1",
+                "-m", str(MULTIPATH_GUEST_MEMORY_MB if self.multipath else GUEST_MEMORY_MB), "-M", "pc",
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", str(self.kernel), "-initrd", str(self.initramfs),
                 "-append", f"console=ttyS0 panic=-1 lab_name={self.name} "
-                           f"lab_ip={self.address}/{self.prefix_length}"]
+                           f"lab_ip={self.address}/{self.prefix_length}"
+                           + (f" lab_ip2={self.address2}/{self.prefix_length}" if self.multipath else "")]
         for number, what in enumerate(("console", "command", "records")):
             argv += ["-chardev", f"socket,id={what},path={sockets[what]},server=on,wait=off",
                      "-serial", f"chardev:{what}"]
-        argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
-                 "-device", f"virtio-net-pci,netdev=net0,mac=52:54:00:77:00:{self.index:02x}"]
+        for number, (tap, _) in enumerate(self._taps()):
+            argv += ["-netdev", f"tap,id=net{number},ifname={tap},script=no,downscript=no",
+                     "-device", f"virtio-net-pci,netdev=net{number},mac=52:54:00:77:{number:02x}:{self.index:02x}"]
         log = open(self.run_dir / f"{self.name}.qemu.log", "w")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -133,7 +156,8 @@ class Guest:
             self._command.close()
         for thread in self._threads:
             thread.join(timeout=5)
-        subprocess.run(["ip", "-n", self.netns, "link", "del", self.tap], capture_output=True)
+        for tap, _ in self._taps():
+            subprocess.run(["ip", "-n", self.netns, "link", "del", tap], capture_output=True)
 
     def _connect(self, path: Path, seconds: float) -> socket.socket:
         deadline = time.monotonic() + seconds
@@ -209,7 +233,7 @@ class Guest:
                     yield now, raw.decode(errors="replace").rstrip("\r")
 
     def _read_console(self) -> None:
-        with open(self.run_dir / f"{self.name}.dmesg", "w") as dmesg:
+        with open(self.run_dir / f"guest-{self.index}.dmesg", "w") as dmesg:
             for now, line in self._lines("console"):
                 dmesg.write(line + "\n")
                 dmesg.flush()
@@ -217,6 +241,8 @@ class Guest:
                     self.events.append(KernelEvent(now, "io_error", line))
                 if any(marker in line for marker in READ_ONLY):
                     self.events.append(KernelEvent(now, "read_only", line))
+                if any(marker in line for marker in ISCSID_WEDGED):
+                    self.events.append(KernelEvent(now, "wedged", line))
 
     def _read_records(self) -> None:
         for now, line in self._lines("records"):
@@ -239,9 +265,10 @@ class Guest:
 
     # ------------------------------------------------------------ iSCSI and file systems
 
-    def log_in(self, targets: list[tuple[str, str]], user: str, password: str, replacement_timeout_s: int,
+    def log_in(self, targets: list[tuple[list[str], str]], user: str, password: str, replacement_timeout_s: int,
                time2wait: str = "") -> None:
-        """One CHAP account in iscsid.conf (the one credential slot), a session per target."""
+        """One CHAP account in iscsid.conf (the one credential slot), a session per target
+        and portal (``targets``: (portal addresses, IQN))."""
         settings = {"node.session.auth.authmethod": "CHAP", "node.session.auth.username": user,
                     "node.session.auth.password": password,
                     "node.session.timeo.replacement_timeout": str(replacement_timeout_s)}
@@ -249,30 +276,68 @@ class Guest:
             settings["node.session.iscsi.DefaultTime2Wait"] = time2wait
         lines = ["cat >> /etc/iscsi/iscsid.conf <<'EOF'"] + [f"{k} = {v}" for k, v in settings.items()] + ["EOF"]
         lines += [f"echo InitiatorName={self.initiator_name} > /etc/iscsi/initiatorname.iscsi",
-                  "modprobe iscsi_tcp && modprobe sd_mod && iscsid && sleep 0.5"]
+                  "modprobe iscsi_tcp && modprobe sd_mod",
+                  # In the foreground iscsid writes its warnings and errors to stderr (a daemon's
+                  # go to syslog, which the guest has not): into the kernel log with them, where
+                  # the host reads them as they come (ISCSID_WEDGED) and keeps them in guest-N.dmesg.
+                  "(iscsid -f 2>&1 >/dev/null | while IFS= read -r line; do echo \"$line\" >/dev/kmsg; done)"
+                  " </dev/null >/dev/null 2>&1 &",
+                  "sleep 0.5"]
+        if self.multipath:
+            # udevd first: multipath takes only devices udev has seen.
+            lines += ["/lib/systemd/systemd-udevd --daemon --children-max=2",
+                      "modprobe dm_multipath && modprobe dm_service_time && modprobe dm_round_robin",
+                      "multipathd"]
         self.check("set -e\n" + "\n".join(lines), 60)
         self.login_failures = []
-        for vip, iqn in targets:
-            node = f"-m node -T {shlex.quote(iqn)} -p {vip}:3260"
-            # open-iscsi retries a first login 8 x 15 s: bounded here, and reported (its LUNs
-            # stay without I/O), not fatal: STACK=stock gets here.
-            rc, output = self.run(f"iscsiadm {node} -o new >/dev/null && timeout 40 iscsiadm {node} --login", 60)
-            if rc != 0:
-                last = output.strip().splitlines()[-1] if output.strip() else f"exit {rc} (timed out?)"
-                self.login_failures.append(f"{iqn}: {last}")
+        for portals, iqn in targets:
+            for portal in portals:
+                node = f"-m node -T {shlex.quote(iqn)} -p {portal}:3260"
+                # open-iscsi retries a first login 8 x 15 s: bounded here, and reported (its LUNs
+                # stay without I/O), not fatal: STACK=stock gets here.
+                rc, output = self.run(f"iscsiadm {node} -o new >/dev/null && timeout 40 iscsiadm {node} --login", 60)
+                if rc != 0:
+                    last = output.strip().splitlines()[-1] if output.strip() else f"exit {rc} (timed out?)"
+                    self.login_failures.append(f"{iqn}: {portal}: {last}")
 
     def devices(self) -> dict[tuple[str, int], tuple[str, str]]:
-        """(target IQN, LUN) -> (block device, WWID), from sysfs."""
+        """(target IQN, LUN) -> (block device, WWID), from sysfs: the SCSI disk, or with
+        multipath the dm map holding its paths (WWID: the map's, as multipath names it)."""
         listing = self.check(
             "for s in /sys/class/iscsi_session/session*; do [ -e $s ] || continue; t=$(cat $s/targetname);"
             " for b in $s/device/target*/*:*:*:*/block/*; do [ -e $b ] || continue;"
-            " l=${b%/block/*}; l=${l##*:}; d=${b##*/}; echo $t $l $d $(cat /sys/block/$d/device/wwid); done; done")
+            " l=${b%/block/*}; l=${l##*:}; d=${b##*/}; h=$(ls /sys/block/$d/holders | head -1);"
+            " u=-; [ -n \"$h\" ] && u=$(cat /sys/block/$h/dm/uuid);"
+            " echo $t $l $d ${h:--} $u $(cat /sys/block/$d/device/wwid); done; done")
         found = {}
         for line in listing.splitlines():
-            words = line.split(maxsplit=3)
-            if len(words) == 4 and words[1].isdigit():
-                found[(words[0], int(words[1]))] = (words[2], words[3])
+            words = line.split(maxsplit=5)
+            if len(words) != 6 or not words[1].isdigit():
+                continue
+            iqn, lun, disk, holder, uuid, wwid = words
+            if not self.multipath:
+                found[(iqn, int(lun))] = (disk, wwid)
+            elif holder != "-" and uuid.startswith("mpath-"):
+                found[(iqn, int(lun))] = (holder, uuid.removeprefix("mpath-"))
         return found
+
+    def paths_not_active(self, portals: int, wait_s: float = 30) -> list[str]:
+        """Multipath maps with fewer than ``portals`` active paths, after up to ``wait_s``
+        for multipathd's checker to reinstate the failed ones."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            output = self.check("dmsetup status --target multipath", 30)
+            short = []
+            for line in output.splitlines():
+                name, _, status = line.partition(": ")
+                words = status.split()
+                # ... <major:minor> <A|F> <fail count> ... per path
+                active = sum(1 for word, state in zip(words, words[1:]) if ":" in word and state == "A")
+                if active < portals:
+                    short.append(f"{name}: {active} of {portals} paths active")
+            if not short or time.monotonic() > deadline:
+                return short
+            time.sleep(1)
 
     def mount_and_write(self, gap_ms: int) -> None:
         """mkfs, mount and a writer on each of this guest's LUNs (devices found first:
@@ -332,13 +397,15 @@ class GuestFleet:
 
 
 def start_guests(count: int, addresses: list[str], prefix_length: int, netns: str, bridge: str,
-                 run_dir: Path, progress=print) -> GuestFleet:
+                 run_dir: Path, progress=print, addresses2: list[str] = (), bridge2: str = "") -> GuestFleet:
+    """``addresses2`` and ``bridge2``: a second NIC each, on the second network (multipath)."""
     from guest_image import ensure_image
     image = ensure_image(progress)
     fleet = GuestFleet()
     try:
         for index in range(count):
-            guest = Guest(index + 1, addresses[index], prefix_length, netns, bridge, image, run_dir)
+            guest = Guest(index + 1, addresses[index], prefix_length, netns, bridge, image, run_dir,
+                          addresses2[index] if addresses2 else "", bridge2)
             fleet.guests.append(guest)
             guest.start()
     except BaseException:

@@ -16,7 +16,15 @@ per LUN, see guests.py, or qemu-io's libiscsi; both: odd LUN numbers to the gues
 even ones to libiscsi, each LUN one writer) LAB_GUESTS=2 LAB_REPLACEMENT_TIMEOUT=120
 LAB_TIME2WAIT= (iSCSI DefaultTime2Wait on targets and guests; default: theirs, 2 s)
 LAB_SCENARIOS may add "outage" (every target refused for LAB_OUTAGE_S=5 seconds, no
-failover: the detectors' negative control)
+failover: the detectors' negative control) and "restart" (every target of one node
+stopped and started in place, LAB_RESTART_GAPS=0,10 seconds apart in turn)
+LAB_PORTAL=vip|static (static: the portal addresses are the nodes' own, targets
+pinned, scenarios restart and kill-tgtd, see topology.py)
+LAB_PLACEHOLDER=1 (0: tgtd agent's placeholder_target=false, the negative control
+of the static portal's empty-tgtd window)
+LAB_MULTIPATH=0 (1: a second network and a second portal per target, the guests on
+both, dm-multipath with no_path_retry queue in them; LAB_REPLACEMENT_TIMEOUT then
+defaults to 5 s, the low end of open-iscsi's advice for dm-multipath)
 """
 from __future__ import annotations
 
@@ -29,15 +37,16 @@ import sys
 import time
 from pathlib import Path
 
-from cluster import CLIENT_IP, SUBNET, Cluster, wait_for
+from cluster import CLIENT_IP, SUBNET, SUBNET2, Cluster, wait_for
 from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
 from report import pause_figures, representative, summarize, table, write_gantt, write_json, write_timeline
-from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, Failover, Lab
+from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, STATIC_PORTAL_SCENARIOS, Failover, Lab
 from topology import CHAP_USER, Target, Topology
 
 LUN_SIZE = 64 << 20
 GUEST_ADDRESSES = [f"{SUBNET}.{210 + n}" for n in range(1, 10)]
+GUEST_ADDRESSES2 = [f"{SUBNET2}.{210 + n}" for n in range(1, 10)]
 
 
 class Settings:
@@ -46,7 +55,11 @@ class Settings:
         self.targets = int(env.get("LAB_TARGETS") or "6")
         self.luns = int(env.get("LAB_LUNS") or "2")
         self.failovers = int(env.get("LAB_FAILOVERS") or "10")
-        self.scenarios = [s for s in (env.get("LAB_SCENARIOS") or ",".join(DEFAULT_SCENARIOS)).split(",") if s]
+        self.portal = env.get("LAB_PORTAL") or "vip"
+        defaults = STATIC_PORTAL_SCENARIOS if self.portal == "static" else DEFAULT_SCENARIOS
+        self.scenarios = [s for s in (env.get("LAB_SCENARIOS") or ",".join(defaults)).split(",") if s]
+        self.restart_gaps_s = [float(g) for g in (env.get("LAB_RESTART_GAPS") or "0,10").split(",") if g]
+        self.placeholder = (env.get("LAB_PLACEHOLDER") or "1") != "0"
         self.stack = env.get("STACK") or "tgtha"
         self.config_tool = env.get("LAB_CONFIG") or "crm"
         self.out = Path(env.get("LAB_OUT") or "lab-out").resolve()
@@ -65,7 +78,10 @@ class Settings:
         # kernel by default: what users run (a default run takes ~12 min here, libiscsi ~8.5)
         self.initiator = env.get("LAB_INITIATOR") or "kernel"
         self.guests = int(env.get("LAB_GUESTS") or "2")
-        self.replacement_timeout_s = int(env.get("LAB_REPLACEMENT_TIMEOUT") or "120")
+        self.multipath = (env.get("LAB_MULTIPATH") or "0") == "1"
+        # open-iscsi's README (8.1.3): with dm-multipath's queueing, 5 to 15 s, so that a
+        # path fails over to multipath quickly; 120 s (its default) without.
+        self.replacement_timeout_s = int(env.get("LAB_REPLACEMENT_TIMEOUT") or ("5" if self.multipath else "120"))
         self.outage_s = float(env.get("LAB_OUTAGE_S") or "5")
         # iSCSI DefaultTime2Wait for targets and kernel initiators alike (negotiated as the
         # maximum of both offers); empty: each side's default, 2 s, as users have it.
@@ -74,12 +90,14 @@ class Settings:
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
-        problems = [s for s in self.scenarios if s not in SCENARIOS]
+        problems = [s for s in self.scenarios if s not in SCENARIOS
+                    or (self.portal == "static" and s not in STATIC_PORTAL_SCENARIOS + ["outage"])]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
                 or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel", "both") \
                 or not 1 <= self.guests <= 9 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1 \
-                or (self.initiator == "both" and self.luns < 2):
+                or (self.initiator == "both" and self.luns < 2) or self.portal not in ("vip", "static") \
+                or not self.restart_gaps_s or (self.multipath and self.initiator == "libiscsi"):
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
 
@@ -208,6 +226,10 @@ class Run:
             "config_tool": settings.config_tool,
             "block_method": settings.block_method if settings.stack == "tgtha" else "stock (INPUT DROP)",
             "layout": settings.layout,
+            "portal": settings.portal,
+            "multipath": settings.multipath,
+            "replacement_timeout_s": settings.replacement_timeout_s if self.fleet else None,
+            "placeholder_target": settings.placeholder if settings.stack == "tgtha" else None,
             "interrupted": interrupted,
             "nodes": settings.nodes,
             "targets": settings.targets,
@@ -275,7 +297,8 @@ def initiator_description(kind: str, settings: Settings) -> str:
     if kind == "kernel":
         return (f"kernel: {settings.guests} Linux guests, open-iscsi, ext4/xfs, O_DIRECT|O_DSYNC 4 KiB "
                 "records re-read and checked, one CHAP account, replacement_timeout "
-                f"{settings.replacement_timeout_s} s")
+                f"{settings.replacement_timeout_s} s"
+                + (", dm-multipath over two portals (no_path_retry queue)" if settings.multipath else ""))
     return "qemu-io (QEMU's libiscsi driver), CHAP, write + verified read, 64 KiB"
 
 
@@ -285,10 +308,11 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
     writer on each LUN (guests.py)."""
     from guests import assign_luns, start_guests
     began = time.monotonic()
-    fleet = start_guests(settings.guests, GUEST_ADDRESSES, 24, cluster.switch, "br0", run_dir, progress)
+    fleet = start_guests(settings.guests, GUEST_ADDRESSES, 24, cluster.switch, "br0", run_dir, progress,
+                         GUEST_ADDRESSES2 if settings.multipath else [], "br1" if settings.multipath else "")
     try:
         assign_luns(fleet, luns)
-        targets = [(t.vip, t.iqn) for t in topology.targets]
+        targets = [([address for _, address, _ in topology.portals(t)], t.iqn) for t in topology.targets]
         for guest in fleet.guests:
             guest.log_in(targets, CHAP_USER, password, settings.replacement_timeout_s, settings.time2wait)
         for guest in fleet.guests:
@@ -318,7 +342,8 @@ def main() -> int:
         raise SystemExit(f"lab: another lab ({settings.prefix}) is running on this machine") from None
     run_dir = settings.out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cluster = Cluster(run_dir, settings.nodes, settings.prefix, reboot_delay_s=settings.reboot_delay_s)
+    cluster = Cluster(run_dir, settings.nodes, settings.prefix, reboot_delay_s=settings.reboot_delay_s,
+                      networks=2 if settings.multipath else 1)
     disks = SharedDisks(settings.prefix, settings.disks, settings.targets * settings.luns * LUN_SIZE)
     run = Run(settings, progress)
     run.backing_store = disks.describe()
@@ -333,14 +358,20 @@ def main() -> int:
                 paths.append(disks.file(f"t{index}-lun{lun}.img", LUN_SIZE))
             targets.append(Target(index, node_names[(index - 1) % len(node_names)], paths))
         password = secrets.token_hex(12)
-        initiator_addresses = [CLIENT_IP] + (GUEST_ADDRESSES[:settings.guests]
-                                             if settings.initiator in ("kernel", "both") else [])
+        guests = settings.initiator in ("kernel", "both")
+        initiator_addresses = [CLIENT_IP] + (GUEST_ADDRESSES[:settings.guests] if guests else []) \
+            + (GUEST_ADDRESSES2[:settings.guests] if guests and settings.multipath else [])
         topology = Topology(settings.stack, node_names, targets, password, block_method=settings.block_method,
                             layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
                             initiator_addresses=initiator_addresses,
-                            target_parameters=f"DefaultTime2Wait={settings.time2wait}" if settings.time2wait else "")
+                            target_parameters=f"DefaultTime2Wait={settings.time2wait}" if settings.time2wait else "",
+                            portal=settings.portal, placeholder=settings.placeholder, multipath=settings.multipath)
+        for node in cluster.nodes:
+            node.static_addresses = topology.static_addresses(node.name)
         planned = len(settings.scenarios) * settings.failovers
         progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout} "
+                 f"portal={settings.portal}{'' if settings.placeholder else ' (no placeholder target)'}"
+                 f"{' multipath' if settings.multipath else ''} "
                  f"initiator={settings.initiator}: {settings.nodes} nodes, "
                  f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "
                  f"of {', '.join(settings.scenarios)} (at most {planned * failover_bound_s(settings) / 60:.0f} "
@@ -350,6 +381,7 @@ def main() -> int:
         configure(cluster, topology, settings.config_tool, run_dir)
         lab = Lab(cluster, topology, run.initiators, settings.settle_timeout_s, settings.inject)
         lab.outage_s = settings.outage_s
+        lab.restart_gaps_s = settings.restart_gaps_s
         run.all_started = wait_for(lambda: lab.all_active() and cluster.settled(),
                                    settings.settle_timeout_s, interval=1)
         run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"

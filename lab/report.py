@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scenarios import Failover
 
-REPLACEMENT_TIMEOUT_S = 120.0    # open-iscsi's default: past it, filesystems go read-only
+REPLACEMENT_TIMEOUT_S = 120.0    # open-iscsi's default: past it, filesystems go read-only (libiscsi runs)
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -41,6 +41,8 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "ro_remounts": sum(len(f.ro_remounts) for f in failovers),
         "sessions_not_back": sum(len(f.sessions_not_back) for f in failovers),
         "wwid_changes": sum(len(f.wwid_changes) for f in failovers),
+        "wedged_messages": sum(len(f.wedged) for f in failovers),
+        "paths_not_back": sum(len(f.paths_not_back) for f in failovers),
         "details": [{
             "action": f.action,
             "settled_s": _round(f.settled_s),
@@ -61,6 +63,8 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "ro_remounts": f.ro_remounts,
             "sessions_not_back": f.sessions_not_back,
             "wwid_changes": f.wwid_changes,
+            "wedged": f.wedged[:5],
+            "paths_not_back": f.paths_not_back,
         } for f in failovers],
     }
 
@@ -81,14 +85,19 @@ def table(report: dict) -> str:
               "mismatch", "unauth", "failed act", "stalled")
     kernel = any(s.get("initiator") in ("kernel", "both") for s in report["scenarios"])
     if kernel:
-        header += ("kernel err", "read-only", "sessions down", "WWID changed")
+        header += ("kernel err", "read-only", "sessions down", "WWID changed", "wedged")
+    if report.get("multipath"):
+        header += ("paths down",)
     rows = [header]
     for s in report["scenarios"]:
         row = (s["name"], s["failovers"], s["settled"], _s(s["pause_p50_s"]), _s(s["pause_p99_s"]),
                _s(s["pause_max_s"]), _s(s["cluster_p50_s"]), _s(s["cluster_max_s"]), s["io_errors"],
                s["mismatches"], s["unauth_logins"], s["failed_actions"], s["stalled_initiators"])
         if kernel:
-            row += (s["kernel_io_errors"], s["ro_remounts"], s["sessions_not_back"], s["wwid_changes"])
+            row += (s["kernel_io_errors"], s["ro_remounts"], s["sessions_not_back"], s["wwid_changes"],
+                    s["wedged_messages"])
+        if report.get("multipath"):
+            row += (s["paths_not_back"],)
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
@@ -111,9 +120,16 @@ def table(report: dict) -> str:
     lines.append("")
     lines.append("cluster: first stop (or detection) to last unblock, from the Pacemaker logs; "
                  "pause: per initiator, the longest time without a completed I/O")
-    lines.append(f"worst pause {_s(worst)} against the initiators' {REPLACEMENT_TIMEOUT_S:.0f} s "
-                 f"replacement_timeout budget: "
-                 + ("n/a" if worst is None else f"{worst / REPLACEMENT_TIMEOUT_S:.1%} of it"))
+    if kernel:
+        lines.append("wedged: iscsid's \"can't bind conn\" lines (open-iscsi 2.1.8's reconnect loop)")
+    budget = report.get("replacement_timeout_s") or REPLACEMENT_TIMEOUT_S
+    if report.get("multipath"):
+        lines.append(f"worst pause {_s(worst)}; replacement_timeout {budget:.0f} s fails a path to "
+                     "dm-multipath, which queues its I/O (no_path_retry queue) until a path is back")
+    else:
+        lines.append(f"worst pause {_s(worst)} against the initiators' {budget:.0f} s "
+                     f"replacement_timeout budget: "
+                     + ("n/a" if worst is None else f"{worst / budget:.1%} of it"))
     return "\n".join(lines)
 
 

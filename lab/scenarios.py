@@ -49,6 +49,8 @@ class Failover:
     ro_remounts: list[str] = field(default_factory=list)
     sessions_not_back: list[str] = field(default_factory=list)
     wwid_changes: list[str] = field(default_factory=list)
+    wedged: list[str] = field(default_factory=list)          # iscsid's "can't bind conn" lines
+    paths_not_back: list[str] = field(default_factory=list)  # multipath maps short of a path
 
 
 class Lab:
@@ -65,6 +67,7 @@ class Lab:
         self.inject = inject or set()           # (scenario, number): a start that fails, on purpose
         self.fleet = None                       # guests.GuestFleet with kernel initiators
         self.outage_s = 5.0                     # the "outage" scenario's length
+        self.restart_gaps_s = [0.0, 10.0]       # the "restart" scenario's gaps, in turn
 
     def new_failures(self) -> list[dict[str, str]]:
         """Failed operations recorded since the last call. Failures are not
@@ -162,7 +165,7 @@ class Lab:
         logs = self.cluster.pacemaker_logs()
         record.cluster = cluster_side(read_events(logs, record.started_wall),
                                       record.started_wall, members,
-                                      {f"p_unblock_{t.name}" for t in targets}, victim)
+                                      {u for t in targets for u in self.topology.unblocks(t)}, victim)
         until = record.started_wall + (end - record.started)
         record.actions = [span.relative_to(record.started_wall)
                           for span in read_spans(logs, record.started_wall, until)]
@@ -173,19 +176,24 @@ class Lab:
         fleet = self.fleet
         record.kernel_io_errors = [e.line for e in fleet.events_between(record.started, end, "io_error")]
         record.ro_remounts = [e.line for e in fleet.events_between(record.started, end, "read_only")]
+        record.wedged = [e.line for e in fleet.events_between(record.started, end, "wedged")]
         for guest in fleet.guests:
             try:
                 record.sessions_not_back += [f"{guest.name}: {iqn}" for iqn in guest.sessions_not_logged_in()]
                 now = guest.devices()
+                if guest.multipath:
+                    record.paths_not_back += [f"{guest.name}: {p}" for p in guest.paths_not_active(2)]
             except (RuntimeError, OSError) as err:
                 record.sessions_not_back.append(f"{guest.name}: no answer ({err})")
                 continue
             for lun in guest.luns.values():
                 if not lun.device:
                     continue    # never had a device (reported as a missing LUN): nothing to compare
-                wwid = now.get((lun.lun.iqn, lun.lun.lun), ("", "gone"))[1]
+                device, wwid = now.get((lun.lun.iqn, lun.lun.lun), ("gone", "gone"))
                 if wwid != lun.wwid:
                     record.wwid_changes.append(f"{lun.lun.name}: {lun.wwid} -> {wwid}")
+                elif device != lun.device:       # the same WWID in a new map: multipath made one
+                    record.wwid_changes.append(f"{lun.lun.name}: {lun.device} -> {device} (new map)")
 
     # ------------------------------------------------------------ when a failover does not settle
 
@@ -231,6 +239,8 @@ class Lab:
                        check=False)
         for target in self.topology.targets:
             anchor.run("crm_resource", "--clear", "-r", self.topology.placement(target), check=False)
+            anchor.run("crm_resource", "-r", self.topology.placement(target), "--meta", "-d", "target-role",
+                       check=False)    # a restart that did not settle
         anchor.run("crm_resource", "--cleanup", check=False)
         return wait_for(lambda: not self.cluster.booting() and self.all_active() and self.cluster.settled(),
                         self.settle_timeout_s, interval=1)
@@ -332,6 +342,37 @@ def kill_tgtd(lab: Lab, number: int) -> Failover:
                         groups, injected=injected, victim=victim)
 
 
+def restart_node_targets(lab: Lab, number: int) -> Failover:
+    """An administrator's restart of every target of one node (``crm resource stop``,
+    a pause, ``start``), in place: with a static portal the only way a target goes
+    and comes back. The gap between stop and start alternates (``lab.restart_gaps_s``);
+    while it lasts the node has none of them, and with a static portal its
+    address still answers: the empty-tgtd window."""
+    victim = _busiest_node(lab)
+    targets = [t for t in lab.topology.targets if lab.group_nodes()[t.group] == victim]
+    gap = lab.restart_gaps_s[(number - 1) % len(lab.restart_gaps_s)]
+    node = lab.cluster.any_node()
+    members = {t.name: [p.id for p in lab.topology.group_members(t)] for t in targets}
+
+    def role(value: str) -> None:
+        for target in targets:
+            node.run("crm_resource", "-r", lab.topology.placement(target), "--meta", "-p", "target-role",
+                     "-v", value, check=False)
+
+    def stopped() -> bool:
+        active = lab.cluster.resources()
+        return not any(active.get(member) for ids in members.values() for member in ids)
+
+    def do() -> None:
+        role("Stopped")
+        wait_for(stopped, lab.settle_timeout_s, interval=0.2)
+        time.sleep(gap)
+        role("Started")
+
+    return lab.failover("restart", number, f"restart {len(targets)} targets on {victim}, {gap:.0f}s apart",
+                        do, [t.group for t in targets], victim=victim)
+
+
 OUTAGE_RULE = ["-p", "tcp", "--dport", "3260", "-m", "comment", "--comment", "tgtha-lab-outage",
                "-j", "REJECT", "--reject-with", "tcp-reset"]
 
@@ -360,5 +401,8 @@ SCENARIOS = {
     "power-off": power_off_node,
     "kill-tgtd": kill_tgtd,
     "outage": outage,
+    "restart": restart_node_targets,
 }
 DEFAULT_SCENARIOS = ["move", "standby", "power-off", "kill-tgtd"]
+# A static portal's target cannot leave its node: it restarts there, after tgtd too.
+STATIC_PORTAL_SCENARIOS = ["restart", "kill-tgtd"]

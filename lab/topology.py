@@ -9,6 +9,13 @@ Per target: portblock block -> IPaddr2 VIP -> iSCSITarget -> LUNs -> portblock
 unblock, so initiator traffic is blocked for the whole teardown and bring-up.
 Clones: tgtd, and (tgtha stack) the shared CHAP account.
 
+Two kinds of portal address:
+- "vip" (default): an IPaddr2 per target in its group, moving with it.
+- "static": the address is the node's own (its network configuration, not a
+  resource); the target is pinned to that node and only ever restarts there.
+  While it is stopped the address answers, and tgtd with it: the window the
+  tgtd agent's placeholder target exists for (tgtdaemon.py).
+
 Two layouts of a target's resources:
 - "group": one Pacemaker group, every member after the previous one (what
   stock users configure).
@@ -26,7 +33,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster import CLIENT_IP, SUBNET
+from cluster import CLIENT_IP, SUBNET, SUBNET2
 
 CHAP_USER = "labinitiators"
 IQN_PREFIX = "iqn.2026-11.org.tgtha.lab"
@@ -63,6 +70,11 @@ class Target:
         return f"{SUBNET}.{100 + self.index}"
 
     @property
+    def vip2(self) -> str:
+        """Its address on the second network (LAB_MULTIPATH)."""
+        return f"{SUBNET2}.{100 + self.index}"
+
+    @property
     def group(self) -> str:
         return f"g_{self.name}"
 
@@ -81,6 +93,9 @@ class Topology:
     tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
     initiator_addresses: list[str] = field(default_factory=lambda: [CLIENT_IP])   # the targets' ACL
     target_parameters: str = ""     # iSCSITarget additional_parameters (e.g. DefaultTime2Wait=0)
+    portal: str = "vip"             # "vip" or "static", see the module docstring
+    placeholder: bool = True        # tgtha tgtd's placeholder_target (false: the negative control)
+    multipath: bool = False         # a second portal per target, on the second network
 
     # ------------------------------------------------------------ the model
 
@@ -90,7 +105,10 @@ class Topology:
         tgtd_ops = {"monitor": "interval=2s timeout=10s", "start": "timeout=20s", "stop": "timeout=20s"}
         if self.stack == "tgtha":
             # The node's /var/log/pacemaker is its own (bind-mounted per node).
-            tgtd = Primitive("p_tgtd", "ocf:tgtha:tgtd", {"log_file": "/var/log/pacemaker/tgtd.log"}, tgtd_ops)
+            params = {"log_file": "/var/log/pacemaker/tgtd.log"}
+            if not self.placeholder:
+                params["placeholder_target"] = "false"
+            tgtd = Primitive("p_tgtd", "ocf:tgtha:tgtd", params, tgtd_ops)
         else:
             tgtd = Primitive("p_tgtd", "lsb:tgt", {}, {**tgtd_ops, "monitor": "interval=2s timeout=20s",
                                                        "start": "timeout=30s", "stop": "timeout=30s"})
@@ -100,9 +118,17 @@ class Topology:
                                                 {"username": CHAP_USER, "password": self.chap_password})))
         return clones
 
+    def portals(self, target: Target) -> list[tuple[str, str, str]]:
+        """(resource id suffix, address, nic) of each of a target's portals: one per network."""
+        portals = [("", target.vip, "eth0")]
+        if self.multipath:
+            portals.append(("2", target.vip2, "eth1"))
+        return portals
+
     def group_members(self, target: Target) -> list[Primitive]:
+        """In order: blocks, VIPs, target, LUNs, unblocks (one block, VIP, unblock per portal)."""
         provider = "tgtha" if self.stack == "tgtha" else "heartbeat"
-        block = {"protocol": "tcp", "portno": "3260", "ip": target.vip}
+        block = {"protocol": "tcp", "portno": "3260"}
         if self.stack == "tgtha":
             # Our portblock: tgtd's side rejected (its connections and their Send-Q go
             # at once) and, with "silent", the initiators told nothing until the
@@ -113,17 +139,19 @@ class Topology:
         if self.stack == "stock":
             # Stock has no shared account: every target makes (and deletes) the same one.
             account["incoming_password"] = self.chap_password
+        portals = self.portals(target)
         target_params = {"implementation": "tgt", "iqn": target.iqn, "tid": str(target.index),
-                         "portals": f"{target.vip}:3260", "allowed_initiators": " ".join(self.initiator_addresses), **account}
+                         "portals": " ".join(f"{address}:3260" for _, address, _ in portals),
+                         "allowed_initiators": " ".join(self.initiator_addresses), **account}
         if self.target_parameters:
             target_params["additional_parameters"] = self.target_parameters
-        members = [
-            Primitive(f"p_block_{target.name}", f"ocf:{provider}:portblock", {**block, "action": "block"}),
+        members = [Primitive(f"p_block{suffix}_{target.name}", f"ocf:{provider}:portblock",
+                             {**block, "ip": address, "action": "block"}) for suffix, address, _ in portals]
+        if self.portal == "vip":
             # Ours: same parameters, through rtnetlink instead of ~43 processes per start.
-            Primitive(f"p_vip_{target.name}", f"ocf:{provider}:IPaddr2",
-                      {"ip": target.vip, "cidr_netmask": "24", "nic": "eth0"}),
-            Primitive(f"p_target_{target.name}", f"ocf:{provider}:iSCSITarget", target_params),
-        ]
+            members += [Primitive(f"p_vip{suffix}_{target.name}", f"ocf:{provider}:IPaddr2",
+                                  {"ip": address, "cidr_netmask": "24", "nic": nic}) for suffix, address, nic in portals]
+        members.append(Primitive(f"p_target_{target.name}", f"ocf:{provider}:iSCSITarget", target_params))
         for lun, path in zip(target.lun_numbers(), target.lun_paths):
             members.append(Primitive(f"p_lun_{target.name}_{lun}", f"ocf:{provider}:iSCSILogicalUnit",
                                      {"implementation": "tgt", "target_iqn": target.iqn, "lun": str(lun),
@@ -131,7 +159,8 @@ class Topology:
         unblock = {**block, "action": "unblock"}
         if self.stack == "tgtha" and self.tickle_dir:
             unblock["tickle_dir"] = self.tickle_dir
-        members.append(Primitive(f"p_unblock_{target.name}", f"ocf:{provider}:portblock", unblock))
+        members += [Primitive(f"p_unblock{suffix}_{target.name}", f"ocf:{provider}:portblock",
+                              {**unblock, "ip": address}) for suffix, address, _ in portals]
         return members
 
     @property
@@ -144,10 +173,24 @@ class Topology:
 
     def _set_constraints(self, target: Target) -> tuple[list[tuple[str, str]], list[list[list[str]]]]:
         """The "sets" layout: (dependent, anchor) colocations and ordered chains of parallel sets."""
-        block, vip, iscsi_target, *luns, unblock = [p.id for p in self.group_members(target)]
-        colocations = [(member, block) for member in (vip, iscsi_target, *luns, unblock)]
-        orders = [[[block], [iscsi_target], luns, [unblock]], [[block], [vip], [unblock]]]
+        ids = [p.id for p in self.group_members(target)]
+        blocks, vips, luns, unblocks = ([i for i in ids if i.startswith(kind)]
+                                        for kind in ("p_block", "p_vip", "p_lun_", "p_unblock"))
+        colocations = [(member, ids[0]) for member in ids[1:]]
+        orders = [[blocks, [f"p_target_{target.name}"], luns, unblocks]] + ([[blocks, vips, unblocks]] if vips else [])
         return colocations, orders
+
+    @property
+    def location_score(self) -> str:
+        """A static portal is the node's address: its target can run nowhere else."""
+        return "INFINITY" if self.portal == "static" else "100"
+
+    def static_addresses(self, node: str) -> list[str]:
+        return [address for t in self.targets if self.portal == "static" and t.preferred_node == node
+                for _, address, _ in self.portals(t)]
+
+    def unblocks(self, target: Target) -> set[str]:
+        return {p.id for p in self.group_members(target) if p.id.startswith("p_unblock")}
 
     # ------------------------------------------------------------ crmsh
 
@@ -179,7 +222,7 @@ class Topology:
                     sets = " ".join(s[0] if len(s) == 1 else "( " + " ".join(s) + " )" for s in chain)
                     lines.append(f"order o_{target.name}_{number} Mandatory: {sets}")
                 needs_clones = f"p_target_{target.name}"   # block and VIP do not need tgtd
-            lines.append(f"location l_{target.name} {anchor} 100: {target.preferred_node}")
+            lines.append(f"location l_{target.name} {anchor} {self.location_score}: {target.preferred_node}")
             lines.append(f"order o_{target.name} Mandatory: {self.last_clone} {needs_clones}")
             lines.append(f"colocation c_{target.name} inf: {anchor} {self.last_clone}")
         return "\n".join(lines) + "\n"
@@ -217,7 +260,8 @@ class Topology:
                         argv += ["set", *members] + (["sequential=false"] if len(members) > 1 else [])
                     commands.append(argv)
                 needs_clones = f"p_target_{target.name}"
-            commands.append(["constraint", "location", anchor, "prefers", f"{target.preferred_node}=100"])
+            commands.append(["constraint", "location", anchor, "prefers",
+                             f"{target.preferred_node}={self.location_score}"])
             commands.append(["constraint", "order", "start", self.last_clone, "then", "start", needs_clones])
             commands.append(["constraint", "colocation", "add", anchor, "with", self.last_clone, "INFINITY"])
         return commands

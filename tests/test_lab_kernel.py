@@ -33,12 +33,47 @@ def test_kernel_and_libiscsi_initiators_side_by_side_see_a_pause_never_an_error(
         assert all(scenario["by_initiator"][kind]["pause_max_s"] is not None for kind in ("kernel", "libiscsi"))
         for detail in scenario["details"]:     # the moved targets' LUNs: each with both kinds of writer
             assert {name.split("/")[1] for name in detail["pauses_s"]} == {"lun1", "lun2"}, detail["pauses_s"]
-    dmesg = (tmp_path / "lab-out" / "run" / "guest1.dmesg").read_text()
+    dmesg = (tmp_path / "lab-out" / "run" / "guest-1.dmesg").read_text()
     assert "sd 2:0:0:1" in dmesg or "Attached SCSI disk" in dmesg
     for scenario in lab["scenarios"]:
         kernel, libiscsi = scenario["by_initiator"]["kernel"], scenario["by_initiator"]["libiscsi"]
         report(f"lab (kernel + libiscsi initiators) {scenario['name']}: pause max kernel {kernel['pause_max_s']}s, "
                f"libiscsi {libiscsi['pause_max_s']}s, kernel errors 0, read-only 0")
+
+
+def assert_the_kernels_saw_nothing(report: dict) -> None:
+    for scenario in report["scenarios"]:
+        assert (scenario["kernel_io_errors"], scenario["ro_remounts"], scenario["sessions_not_back"],
+                scenario["wwid_changes"], scenario["wedged_messages"]) == (0, 0, 0, 0, 0), scenario["details"]
+
+
+def test_static_portals_restarted_in_place_never_wedge_a_session(tmp_path, report):
+    """LAB_PORTAL=static: the portal addresses are the nodes' own, so while a node's only target
+    is stopped, its tgtd answers there: with the tgtd agent's placeholder target a login is
+    refused "target not found" (and retried), never accepted and closed unanswered, the
+    window that wedges open-iscsi 2.1.8 (the lab's LAB_PLACEHOLDER=0 run shows it)."""
+    lab = run_lab(tmp_path, **SHORT, LAB_PORTAL="static", LAB_SCENARIOS="restart", LAB_FAILOVERS="2",
+                  LAB_RESTART_GAPS="0,10")
+    assert_no_failover_hurt_an_initiator(lab)
+    assert_the_kernels_saw_nothing(lab)
+    assert lab["portal"] == "static" and lab["placeholder_target"] is True
+    restart = lab["scenarios"][0]
+    report(f"lab (static portals, kernel initiator) restarts 0 and 10 s apart: pause max "
+           f"{restart['pause_max_s']}s, 0 wedged sessions, 0 kernel errors")
+
+
+def test_multipath_maps_keep_their_wwid_and_every_path_through_failovers(tmp_path, report):
+    """LAB_MULTIPATH=1: two portals per target on two networks, dm-multipath in the guest."""
+    lab = run_lab(tmp_path, **SHORT, LAB_MULTIPATH="1", LAB_FAILOVERS="1", LAB_SCENARIOS="move,standby,kill-tgtd")
+    assert_no_failover_hurt_an_initiator(lab)
+    assert_the_kernels_saw_nothing(lab)
+    assert lab["multipath"] is True and lab["replacement_timeout_s"] == 5
+    assert all(scenario["paths_not_back"] == 0 for scenario in lab["scenarios"]), lab["scenarios"]
+    dmesg = (tmp_path / "lab-out" / "run" / "guest-1.dmesg").read_text()
+    assert "multipath" in dmesg
+    report("lab (dm-multipath, two portals) " + ", ".join(
+        f"{s['name']} pause max {s['pause_max_s']}s" for s in lab["scenarios"]) + ": WWIDs and maps unchanged, "
+        "every path back")
 
 
 def test_an_outage_past_replacement_timeout_is_seen_as_errors_and_read_only_file_systems(tmp_path, report):

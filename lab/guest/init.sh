@@ -1,6 +1,6 @@
 #!/bin/sh
 # PID 1 of a lab guest (busybox sh), built into the initramfs by lab/guest_image.py.
-# Kernel command line: lab_name=NAME lab_ip=ADDRESS/PREFIX
+# Kernel command line: lab_name=NAME lab_ip=ADDRESS/PREFIX [lab_ip2=ADDRESS/PREFIX, on eth1]
 # ttyS0: kernel console (the host keeps it as the guest's kernel log)
 # ttyS1: command channel: host "RUN <id> <base64 script>", guest "DONE <id> <rc> <base64 output>"
 # ttyS2: the writers' record lines (lab/guest/writer.c)
@@ -13,10 +13,12 @@ mount -t devpts pts /dev/pts
 mount -t tmpfs tmp /tmp
 NAME=guest
 ADDRESS=
+ADDRESS2=
 for word in $(cat /proc/cmdline); do
     case $word in
         lab_name=*) NAME=${word#lab_name=} ;;
         lab_ip=*) ADDRESS=${word#lab_ip=} ;;
+        lab_ip2=*) ADDRESS2=${word#lab_ip2=} ;;
     esac
 done
 hostname "$NAME"
@@ -24,6 +26,10 @@ for module in virtio_pci virtio_net; do modprobe $module; done
 ip link set lo up
 ip link set eth0 up
 [ -n "$ADDRESS" ] && ip addr add "$ADDRESS" dev eth0
+if [ -n "$ADDRESS2" ]; then
+    ip link set eth1 up
+    ip addr add "$ADDRESS2" dev eth1
+fi
 for port in /dev/ttyS1 /dev/ttyS2; do stty -F $port raw -echo 115200; done
 
 serve() {
