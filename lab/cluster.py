@@ -231,6 +231,22 @@ class Cluster:
         run(["ip", "-n", netns, "link", "set", "lo", "up"])
         self.wire(netns, port, "br0", "eth0", [ip, *more])
 
+    def client_bridges(self) -> list[str]:
+        """Bridges in the client namespace for the guests' taps, so that the guests live in
+        the client namespace beside the libiscsi initiators: br0 takes eth0 and the
+        client's address, br1 (second network) a new eth1. Returns their names."""
+        ns = self.client
+        bridges = ["br0"] + (["br1"] if self.networks == 2 else [])
+        if self.networks == 2:
+            self.wire(ns, "vcb", "br1", "eth1", [])
+        for bridge, nic in zip(bridges, ("eth0", "eth1")):
+            run(["ip", "-n", ns, "link", "add", bridge, "type", "bridge"])
+            run(["ip", "-n", ns, "link", "set", nic, "master", bridge])
+            run(["ip", "-n", ns, "link", "set", bridge, "up"])
+        run(["ip", "-n", ns, "addr", "del", f"{CLIENT_IP}/24", "dev", "eth0"])
+        run(["ip", "-n", ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "br0"])
+        return bridges
+
     def wire(self, netns: str, port: str, bridge: str, nic: str, addresses: list[str]) -> None:
         """A veth from switch port ``port`` on ``bridge`` to ``nic`` in ``netns``, with /24 addresses."""
         run(["ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", nic, "netns", netns])

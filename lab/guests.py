@@ -1,8 +1,9 @@
 """Kernel initiators: Linux guests (QEMU, TCG) running open-iscsi, a filesystem
 on every LUN and the lab's writer (guest/writer.c) on each.
 
-Each guest boots Debian's kernel with the lab's initramfs (guest_image.py) on
-the lab's switch, with its own address. Three serial ports: the kernel
+Each guest boots Debian's kernel with the lab's initramfs (guest_image.py) in
+the client namespace, its tap on a bridge there with the client's own link
+to the lab's switch, and its own address. Three serial ports: the kernel
 console (kept as ``guest-<n>.dmesg`` and read for kernel errors as it comes),
 a command channel, and the writers' record lines, which the host timestamps
 as they arrive (the guest's clock is not trusted). Every guest logs in to
@@ -48,7 +49,7 @@ ISCSID_WEDGED = ("can't bind conn",)
 @dataclass
 class KernelEvent:
     at: float
-    kind: str                     # "io_error", "read_only" or "wedged"
+    kind: str                     # "io_error", "path_error", "read_only" or "wedged"
     line: str
 
 
@@ -238,7 +239,11 @@ class Guest:
                 dmesg.write(line + "\n")
                 dmesg.flush()
                 if any(marker in line for marker in KERNEL_IO_ERRORS):
-                    self.events.append(KernelEvent(now, "io_error", line))
+                    # Under multipath an error on one path (an sd device) goes back to
+                    # dm-multipath, which retries or queues it: counted apart. One on
+                    # the map or the file system is the application's.
+                    on_a_path = self.multipath and " sd" in line.replace(",", " ")
+                    self.events.append(KernelEvent(now, "path_error" if on_a_path else "io_error", line))
                 if any(marker in line for marker in READ_ONLY):
                     self.events.append(KernelEvent(now, "read_only", line))
                 if any(marker in line for marker in ISCSID_WEDGED):

@@ -17,7 +17,9 @@ even ones to libiscsi, each LUN one writer) LAB_GUESTS=2 LAB_REPLACEMENT_TIMEOUT
 LAB_TIME2WAIT= (iSCSI DefaultTime2Wait on targets and guests; default: theirs, 2 s)
 LAB_SCENARIOS may add "outage" (every target refused for LAB_OUTAGE_S=5 seconds, no
 failover: the detectors' negative control) and "restart" (every target of one node
-stopped and started in place, LAB_RESTART_GAPS=0,10 seconds apart in turn)
+stopped and started in place, LAB_RESTART_GAPS=0,10 seconds apart in turn) and,
+with LAB_MULTIPATH=1, "lose-network" (the second network's portals refuse
+everything through one failover's checks: the path check's negative control)
 LAB_PORTAL=vip|static (static: the portal addresses are the nodes' own, targets
 pinned, scenarios restart and kill-tgtd, see topology.py)
 LAB_PLACEHOLDER=1 (0: tgtd agent's placeholder_target=false, the negative control
@@ -91,7 +93,8 @@ class Settings:
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
         problems = [s for s in self.scenarios if s not in SCENARIOS
-                    or (self.portal == "static" and s not in STATIC_PORTAL_SCENARIOS + ["outage"])]
+                    or (self.portal == "static" and s not in STATIC_PORTAL_SCENARIOS + ["outage"])
+                    or (s == "lose-network" and not self.multipath)]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
                 or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel", "both") \
                 or not 1 <= self.guests <= 9 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
@@ -308,8 +311,9 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
     writer on each LUN (guests.py)."""
     from guests import assign_luns, start_guests
     began = time.monotonic()
-    fleet = start_guests(settings.guests, GUEST_ADDRESSES, 24, cluster.switch, "br0", run_dir, progress,
-                         GUEST_ADDRESSES2 if settings.multipath else [], "br1" if settings.multipath else "")
+    bridges = cluster.client_bridges()
+    fleet = start_guests(settings.guests, GUEST_ADDRESSES, 24, cluster.client, bridges[0], run_dir, progress,
+                         GUEST_ADDRESSES2 if settings.multipath else [], bridges[-1] if settings.multipath else "")
     try:
         assign_luns(fleet, luns)
         targets = [([address for _, address, _ in topology.portals(t)], t.iqn) for t in topology.targets]

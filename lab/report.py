@@ -43,6 +43,7 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "wwid_changes": sum(len(f.wwid_changes) for f in failovers),
         "wedged_messages": sum(len(f.wedged) for f in failovers),
         "paths_not_back": sum(len(f.paths_not_back) for f in failovers),
+        "path_io_errors": sum(len(f.path_errors) for f in failovers),
         "details": [{
             "action": f.action,
             "settled_s": _round(f.settled_s),
@@ -65,6 +66,7 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "wwid_changes": f.wwid_changes,
             "wedged": f.wedged[:5],
             "paths_not_back": f.paths_not_back,
+            "path_io_errors": f.path_errors[:5],
         } for f in failovers],
     }
 
@@ -87,7 +89,7 @@ def table(report: dict) -> str:
     if kernel:
         header += ("kernel err", "read-only", "sessions down", "WWID changed", "wedged")
     if report.get("multipath"):
-        header += ("paths down",)
+        header += ("paths down", "path I/O err")
     rows = [header]
     for s in report["scenarios"]:
         row = (s["name"], s["failovers"], s["settled"], _s(s["pause_p50_s"]), _s(s["pause_p99_s"]),
@@ -97,7 +99,7 @@ def table(report: dict) -> str:
             row += (s["kernel_io_errors"], s["ro_remounts"], s["sessions_not_back"], s["wwid_changes"],
                     s["wedged_messages"])
         if report.get("multipath"):
-            row += (s["paths_not_back"],)
+            row += (s["paths_not_back"], s["path_io_errors"])
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))

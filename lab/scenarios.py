@@ -51,6 +51,7 @@ class Failover:
     wwid_changes: list[str] = field(default_factory=list)
     wedged: list[str] = field(default_factory=list)          # iscsid's "can't bind conn" lines
     paths_not_back: list[str] = field(default_factory=list)  # multipath maps short of a path
+    path_errors: list[str] = field(default_factory=list)     # multipath: I/O errors of one path
 
 
 class Lab:
@@ -177,6 +178,7 @@ class Lab:
         record.kernel_io_errors = [e.line for e in fleet.events_between(record.started, end, "io_error")]
         record.ro_remounts = [e.line for e in fleet.events_between(record.started, end, "read_only")]
         record.wedged = [e.line for e in fleet.events_between(record.started, end, "wedged")]
+        record.path_errors = [e.line for e in fleet.events_between(record.started, end, "path_error")]
         for guest in fleet.guests:
             try:
                 record.sessions_not_back += [f"{guest.name}: {iqn}" for iqn in guest.sessions_not_logged_in()]
@@ -395,6 +397,35 @@ def outage(lab: Lab, number: int) -> Failover:
     return lab.failover("outage", number, f"outage of every target for {lab.outage_s:.0f}s", do, groups)
 
 
+def lose_a_network(lab: Lab, number: int) -> Failover:
+    """Multipath only, no failover: the second network's portals refuse every
+    connection for the whole failover and its checks, then come back. I/O must go
+    on over the first network's paths (after replacement_timeout fails the
+    others), and the report must show the paths down: the negative control of
+    the path check."""
+    from cluster import SUBNET2
+    nodes = [n for n in lab.cluster.nodes if n.powered]
+    rule = ["-d", f"{SUBNET2}.0/24", *OUTAGE_RULE]
+
+    guests = lab.fleet.guests if lab.fleet else []
+
+    def do() -> None:
+        for node in nodes:
+            node.run("iptables", "-I", "INPUT", *rule)
+        # An idle path notices at its next NOP-Out (5 s, answered within 5 s), then
+        # replacement_timeout: wait for multipath to fail one, as an administrator would.
+        wait_for(lambda: any(g.paths_not_active(2, wait_s=0) for g in guests), 60, interval=1)
+
+    groups = [t.group for t in lab.topology.targets]
+    try:
+        return lab.failover("lose-network", number, "the second network's portals refuse everything", do, groups)
+    finally:
+        for node in nodes:
+            node.run("iptables", "-D", "INPUT", *rule, check=False)
+        for guest in guests:
+            guest.paths_not_active(2, wait_s=60)       # back before the next one
+
+
 SCENARIOS = {
     "move": move_one_group,
     "standby": standby_node,
@@ -402,6 +433,7 @@ SCENARIOS = {
     "kill-tgtd": kill_tgtd,
     "outage": outage,
     "restart": restart_node_targets,
+    "lose-network": lose_a_network,
 }
 DEFAULT_SCENARIOS = ["move", "standby", "power-off", "kill-tgtd"]
 # A static portal's target cannot leave its node: it restarts there, after tgtd too.

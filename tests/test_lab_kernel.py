@@ -63,17 +63,23 @@ def test_static_portals_restarted_in_place_never_wedge_a_session(tmp_path, repor
 
 
 def test_multipath_maps_keep_their_wwid_and_every_path_through_failovers(tmp_path, report):
-    """LAB_MULTIPATH=1: two portals per target on two networks, dm-multipath in the guest."""
-    lab = run_lab(tmp_path, **SHORT, LAB_MULTIPATH="1", LAB_FAILOVERS="1", LAB_SCENARIOS="move,standby,kill-tgtd")
+    """LAB_MULTIPATH=1: two portals per target on two networks, dm-multipath in the guest.
+    lose-network (the second network refuses everything) is the path check's negative
+    control: I/O goes on over the first network and the report shows the paths down."""
+    lab = run_lab(tmp_path, **SHORT, LAB_MULTIPATH="1", LAB_FAILOVERS="1",
+                  LAB_SCENARIOS="move,standby,kill-tgtd,lose-network")
     assert_no_failover_hurt_an_initiator(lab)
-    assert_the_kernels_saw_nothing(lab)
     assert lab["multipath"] is True and lab["replacement_timeout_s"] == 5
-    assert all(scenario["paths_not_back"] == 0 for scenario in lab["scenarios"]), lab["scenarios"]
-    dmesg = (tmp_path / "lab-out" / "run" / "guest-1.dmesg").read_text()
-    assert "multipath" in dmesg
+    failovers = [s for s in lab["scenarios"] if s["name"] != "lose-network"]
+    assert_the_kernels_saw_nothing({"scenarios": failovers})
+    assert all(scenario["paths_not_back"] == 0 for scenario in failovers), failovers
+    [lost] = [s for s in lab["scenarios"] if s["name"] == "lose-network"]
+    assert lost["paths_not_back"] > 0 and lost["kernel_io_errors"] == 0 and lost["ro_remounts"] == 0, lost
+    assert "Failing path" in (tmp_path / "lab-out" / "run" / "guest-1.dmesg").read_text()
     report("lab (dm-multipath, two portals) " + ", ".join(
-        f"{s['name']} pause max {s['pause_max_s']}s" for s in lab["scenarios"]) + ": WWIDs and maps unchanged, "
-        "every path back")
+        f"{s['name']} pause max {s['pause_max_s']}s" for s in failovers) + ": WWIDs and maps unchanged, "
+        f"every path back; one network lost: {lost['paths_not_back']} paths down seen, I/O went on "
+        f"(pause max {lost['pause_max_s']}s)")
 
 
 def test_an_outage_past_replacement_timeout_is_seen_as_errors_and_read_only_file_systems(tmp_path, report):
