@@ -153,7 +153,8 @@ def write_timeline(path: Path, lab_start: float, initiators, failovers: list[Fai
     end = max([i.log.last_completion() for i in initiators] + [lab_start + 1]) - lab_start
     seconds = int(end) + 1
     fig, axes = plt.subplots(count, 1, sharex=True, figsize=(12, 0.9 * count + 1.5), squeeze=False)
-    colours = {"move": "tab:blue", "standby": "tab:green", "power-off": "tab:red", "kill-tgtd": "tab:purple"}
+    colours = {"move": "tab:blue", "standby": "tab:green", "power-off": "tab:red", "kill-tgtd": "tab:purple",
+               "restart": "tab:orange"}
     for axis, initiator in zip(axes[:, 0], initiators):
         per_second = [0] * seconds
         for t in initiator.log.completions:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import AGENTS, REPO
+
+AGENT_NAMES = sorted(p.name for p in AGENTS.iterdir() if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +96,45 @@ def test_make_install_puts_a_man_page_for_every_agent_that_renders_and_lists_eve
             assert f"\n       {parameter.get('name')}" in shown.stdout, (agent.name, parameter.get("name"))
         for action in metadata.iter("action"):
             assert f"\n       {action.get('name')} " in shown.stdout, (agent.name, action.get("name"))
+
+
+# What crm_resource --validate runs (validate-all, as the cluster would) and what it must answer.
+VALIDATE_CASES = [
+    ("tgtd", {}, 0),
+    ("tgtd", {"control_port": "x1"}, 6),
+    ("portblock", {"protocol": "tcp", "portno": "3260", "action": "block", "ip": "192.0.2.1"}, 0),
+    ("portblock", {"protocol": "tcp", "portno": "99999", "action": "block"}, 6),
+    ("IPaddr2", {"ip": "192.0.2.10", "cidr_netmask": "24"}, 0),
+    ("IPaddr2", {"ip": "192.0.2.300"}, 6),
+    ("iSCSITarget", {"iqn": "iqn.2026-12.test:t1"}, 0),
+    ("iSCSITarget", {"iqn": "not-an-iqn"}, 6),
+    ("iSCSILogicalUnit", {"target_iqn": "iqn.2026-12.test:t1", "lun": "1", "path": "/dev/null"}, 0),
+    ("iSCSILogicalUnit", {"target_iqn": "iqn.2026-12.test:t1", "lun": "x", "path": "/dev/null"}, 6),
+    ("tgtuser", {"username": "cluster", "password": "a-long-enough-secret"}, 0),
+    ("tgtuser", {"username": "", "password": "a-long-enough-secret"}, 6),
+]
+
+
+@pytest.mark.skipif(shutil.which("crm_resource") is None, reason="pacemaker-cli-utils not installed")
+@pytest.mark.parametrize("agent, params, rc", VALIDATE_CASES,
+                         ids=[f"{a}-{'good' if rc == 0 else 'bad'}" for a, _, rc in VALIDATE_CASES])
+def test_crm_resource_validate_answers_0_for_good_parameters_and_6_for_bad(agent, params, rc):
+    """Pacemaker's own validation entry point, without a cluster: the installed agent's validate-all."""
+    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
+    argv = ["crm_resource", "--validate", "--class", "ocf", "--provider", "tgtha", "--agent", agent]
+    for name, value in params.items():
+        argv += ["--option", f"{name}={value}"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == rc, result.stdout + result.stderr
+    assert "a-long-enough-secret" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("pcs") is None or shutil.which("crm") is None, reason="pcs or crmsh not installed")
+@pytest.mark.parametrize("agent", AGENT_NAMES)
+def test_pcs_and_crmsh_describe_every_installed_agent_without_a_warning(agent):
+    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
+    pcs = subprocess.run(["pcs", "resource", "describe", f"ocf:tgtha:{agent}"], capture_output=True, text=True)
+    assert pcs.returncode == 0 and "Warning" not in pcs.stdout + pcs.stderr, pcs.stdout + pcs.stderr
+    crm = subprocess.run(["crm", "ra", "info", f"ocf:tgtha:{agent}"], capture_output=True, text=True)
+    assert crm.returncode == 0 and "WARNING" not in crm.stdout + crm.stderr.upper(), crm.stdout + crm.stderr
+    assert agent in crm.stdout

@@ -12,6 +12,7 @@ from conftest import AGENTS, OCF_ROOT, REPO
 
 DTD = Path("/usr/share/resource-agents/ra-api-1.dtd")
 RNG = Path("/usr/share/resource-agents/metadata.rng")
+PCS_RNG = Path("/usr/share/pcs/data/ocf-1.0.rng")       # what pcs validates an agent's metadata with
 AGENT_NAMES = sorted(p.name for p in AGENTS.iterdir() if p.is_file())
 
 
@@ -41,6 +42,13 @@ def test_metadata_is_valid_against_the_dtd_and_the_relaxng_schema(name):
     rng = etree.RelaxNG(etree.parse(str(RNG)))
     assert rng.validate(tree), rng.error_log
     assert tree.getroot().get("name") == name
+
+
+@pytest.mark.skipif(not PCS_RNG.exists(), reason="pcs not installed")
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_metadata_is_valid_against_pcs_own_schema(name):
+    rng = etree.RelaxNG(etree.parse(str(PCS_RNG)))
+    assert rng.validate(metadata(name)), rng.error_log
 
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
