@@ -111,7 +111,7 @@ VALIDATE_CASES = [
     ("iSCSILogicalUnit", {"target_iqn": "iqn.2026-12.test:t1", "lun": "1", "path": "/dev/null"}, 0),
     ("iSCSILogicalUnit", {"target_iqn": "iqn.2026-12.test:t1", "lun": "x", "path": "/dev/null"}, 6),
     ("tgtuser", {"username": "cluster", "password": "a-long-enough-secret"}, 0),
-    ("tgtuser", {"username": "", "password": "a-long-enough-secret"}, 6),
+    ("tgtuser", {"username": "a,b", "password": "a-long-enough-secret"}, 6),
 ]
 
 
