@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster import Cluster, wait_for
+from cluster import SUBNET2, Cluster, wait_for
 from initiators import LunInitiator, UnauthenticatedProber
 from timeline import cluster_side, read_events, read_spans
 from topology import Topology
@@ -403,10 +403,8 @@ def lose_a_network(lab: Lab, number: int) -> Failover:
     on over the first network's paths (after replacement_timeout fails the
     others), and the report must show the paths down: the negative control of
     the path check."""
-    from cluster import SUBNET2
     nodes = [n for n in lab.cluster.nodes if n.powered]
     rule = ["-d", f"{SUBNET2}.0/24", *OUTAGE_RULE]
-
     guests = lab.fleet.guests if lab.fleet else []
 
     def do() -> None:
