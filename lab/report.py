@@ -32,6 +32,8 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "cluster_max_s": _round(max(cluster) if cluster else None),
         "io_errors": sum(f.io_errors for f in failovers),
         "mismatches": sum(f.mismatches for f in failovers),
+        # The kernel writer's name for its wrong reads (issue 13's report field): the same count.
+        "verify_failures": sum(f.mismatches for f in failovers),
         "retried_unit_attentions": sum(f.retried_unit_attentions for f in failovers),
         "unauth_logins": sum(f.unauth_logins for f in failovers),
         "failed_actions": sum(len(f.failed_actions) for f in failovers),

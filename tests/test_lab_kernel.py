@@ -43,8 +43,9 @@ def test_kernel_and_libiscsi_initiators_side_by_side_see_a_pause_never_an_error(
 
 def assert_the_kernels_saw_nothing(report: dict) -> None:
     for scenario in report["scenarios"]:
-        assert (scenario["kernel_io_errors"], scenario["ro_remounts"], scenario["sessions_not_back"],
-                scenario["wwid_changes"], scenario["wedged_messages"]) == (0, 0, 0, 0, 0), scenario["details"]
+        assert (scenario["kernel_io_errors"], scenario["ro_remounts"], scenario["verify_failures"],
+                scenario["sessions_not_back"], scenario["wwid_changes"], scenario["wedged_messages"]) \
+            == (0, 0, 0, 0, 0, 0), scenario["details"]
 
 
 def test_static_portals_restarted_in_place_never_wedge_a_session(tmp_path, report):
