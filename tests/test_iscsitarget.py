@@ -440,6 +440,7 @@ def test_monitor_is_exact(iscsi_lab):
     ({"iqn": "target1"}, 6, "iqn., eui. or naa."),
     ({"iqn": iqn(1), "tid": "0"}, 6, "tid"),
     ({"iqn": iqn(1), "tid": "x"}, 6, "tid"),
+    ({"iqn": iqn(1), "tid": "2147483647"}, 6, "placeholder"),
     ({"iqn": iqn(1), "portals": "10.82.0.1:99999"}, 6, "portals"),
     ({"iqn": iqn(1), "allowed_initiators": "10.82.0.300"}, 6, "allowed_initiators"),
     ({"iqn": iqn(1), "implementation": "lio"}, 6, "tgt only"),

@@ -20,7 +20,7 @@ from . import ocf_runtime as ocf
 from .iscsi_names import name_problem, parse_portal
 from .netaddr import Network
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
-from .tgtd import TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable
+from .tgtd import PLACEHOLDER_TID, TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable
 from .tgt_agent import TgtAgent, require_tgtd
 
 TYPE_CHECKING = False
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .tgtd import Target
 
 OWNER = "iSCSITarget"
-MAX_TID = 2**31 - 1
+MAX_TID = PLACEHOLDER_TID - 1        # tgt's highest is the tgtd agent's placeholder
 # An automatic tid is a hash of the IQN alone, so a target has the same tid on
 # every node whatever the start order (tgt builds its LUNs' NAA-3 designator
 # from the tid). tgt ORs the designator's type into the tid's top 4 bits, so
@@ -70,7 +70,8 @@ class ISCSITarget(TgtAgent):
         if not value:
             return None
         if not value.isdigit() or not 1 <= int(value) <= MAX_TID:
-            raise OCFError(ERR_CONFIGURED, f"tid={value!r} must be a number from 1 to {MAX_TID}")
+            raise OCFError(ERR_CONFIGURED, f"tid={value!r} must be a number from 1 to {MAX_TID} "
+                                           f"({PLACEHOLDER_TID} is the tgtd agent's placeholder target)")
         return int(value)
 
     @property

@@ -62,6 +62,9 @@ MESSAGES = {
     24: "this device has Prevent Removal set",
 }
 RETRY_INTERVAL_S = 0.1
+# The tgtd agent's placeholder target (tgtdaemon.py): the highest tid tgtadm takes,
+# above every automatic tid; no iSCSITarget may be given it.
+PLACEHOLDER_TID = 2**31 - 1
 
 
 class TgtdError(Exception):

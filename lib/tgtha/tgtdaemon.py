@@ -32,7 +32,7 @@ import time
 
 from . import ocf_runtime as ocf
 from .ocf_runtime import ERR_CONFIGURED, ERR_GENERIC, ERR_INSTALLED, OCFError
-from .tgtd import TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable, socket_path
+from .tgtd import PLACEHOLDER_TID, TgtdControl, TgtdError, TgtdNotRunning, TgtdUnreachable, socket_path
 
 # Options this agent sets itself: passing them again would run a tgtd it cannot find or watch.
 RESERVED_OPTIONS = ("-f", "--foreground", "-D", "--nodaemonize", "-C", "--control-port",
@@ -40,8 +40,6 @@ RESERVED_OPTIONS = ("-f", "--foreground", "-D", "--nodaemonize", "-C", "--contro
 POLL_S = 0.02
 # struct flock on Linux (x86-64, arm64): l_type, l_whence, l_start, l_len, l_pid.
 _FLOCK = struct.Struct("hhqqi4x")
-# The highest tid tgtadm takes: above every automatic tid (iSCSITarget's are below 2**28).
-PLACEHOLDER_TID = 2**31 - 1
 PLACEHOLDER_IQN = "iqn.2026-12.org.tgtha:placeholder"
 
 
