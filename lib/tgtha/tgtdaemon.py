@@ -136,19 +136,21 @@ class TgtdAgent(ocf.Agent):
         ctl = self.control()
         try:
             state = ctl.system_state()
-            if state == "ready" and not self.is_probe and self.placeholder_target:
-                self._ensure_placeholder(ctl)
         except TgtdNotRunning:
             return ocf.NOT_RUNNING
         except TgtdUnreachable as err:
             raise OCFError(ERR_GENERIC, f"tgtd (pid {self.holder_pid()}) is hung: {err}") from None
-        except TgtdError as err:
-            # tgtd answered its state: it runs. A placeholder it refused is not worth a
-            # restart of every target on the node; the next monitor tries again.
-            ocf.log_warning(f"the placeholder target could not be made again: {err}")
         if state != "ready":
             raise OCFError(ERR_GENERIC, f"tgtd on control port {self.control_port} is {state or 'in no state'}, "
                                         "not ready: it closes every new connection")
+        if not self.is_probe and self.placeholder_target:
+            try:
+                self._ensure_placeholder(ctl)
+            except (TgtdError, TgtdUnreachable) as err:
+                # tgtd answered its state: it runs. A placeholder it refused (or a slow
+                # answer) is not worth a restart of every target on the node; the next
+                # monitor tries again.
+                ocf.log_warning(f"the placeholder target could not be made again: {err}")
         return ocf.SUCCESS
 
     def start(self) -> int:
