@@ -326,9 +326,11 @@ class Guest:
                 found[(iqn, int(lun))] = (holder, uuid.removeprefix("mpath-"))
         return found
 
-    def paths_not_active(self, portals: int, wait_s: float = 30) -> list[str]:
-        """Multipath maps with fewer than ``portals`` active paths, after up to ``wait_s``
-        for multipathd's checker to reinstate the failed ones."""
+    def paths_not_active(self, wait_s: float = 30) -> list[str]:
+        """Multipath maps with fewer active paths than the guest has networks (a path
+        per portal), after up to ``wait_s`` for multipathd's checker to reinstate the
+        failed ones."""
+        portals = len(self._taps())
         deadline = time.monotonic() + wait_s
         while True:
             output = self.check("dmsetup status --target multipath", 30)

@@ -184,7 +184,7 @@ class Lab:
                 record.sessions_not_back += [f"{guest.name}: {iqn}" for iqn in guest.sessions_not_logged_in()]
                 now = guest.devices()
                 if guest.multipath:
-                    record.paths_not_back += [f"{guest.name}: {p}" for p in guest.paths_not_active(2)]
+                    record.paths_not_back += [f"{guest.name}: {p}" for p in guest.paths_not_active()]
             except (RuntimeError, OSError) as err:
                 record.sessions_not_back.append(f"{guest.name}: no answer ({err})")
                 continue
@@ -412,7 +412,7 @@ def lose_a_network(lab: Lab, number: int) -> Failover:
             node.run("iptables", "-I", "INPUT", *rule)
         # An idle path notices at its next NOP-Out (5 s, answered within 5 s), then
         # replacement_timeout: wait for multipath to fail one, as an administrator would.
-        wait_for(lambda: any(g.paths_not_active(2, wait_s=0) for g in guests), 60, interval=1)
+        wait_for(lambda: any(g.paths_not_active(wait_s=0) for g in guests), 60, interval=1)
 
     groups = [t.group for t in lab.topology.targets]
     try:
@@ -421,7 +421,7 @@ def lose_a_network(lab: Lab, number: int) -> Failover:
         for node in nodes:
             node.run("iptables", "-D", "INPUT", *rule, check=False)
         for guest in guests:
-            guest.paths_not_active(2, wait_s=60)       # back before the next one
+            guest.paths_not_active(wait_s=60)       # back before the next one
 
 
 SCENARIOS = {
