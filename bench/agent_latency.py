@@ -32,6 +32,7 @@ NS = f"tgtha-bench-{os.getpid()}"
 
 
 CPU_MS: dict[tuple[str, str], list[float]] = {}     # (agent path, op) -> CPU ms (user+sys) per run
+MONITOR_CPU_MS: dict[str, tuple[float, float]] = {}  # agent -> (stock, tgtha) median monitor CPU ms, first case
 
 
 def timed(agent: Path, action: str, env: dict[str, str]) -> tuple[float, int]:
@@ -96,6 +97,7 @@ def compare(title: str, agent: str, cases, runs: int) -> None:
             actions = ("start", "stop") if op == "start+stop" else (op,)
             print(f"{name:40.40} {op:11} {stock[op]:8.1f} {ours[op]:8.1f} {ours[op] / stock[op]:6.2f}"
                   f" {cpu_ms(STOCK / agent, *actions):10.1f} {cpu_ms(OURS / agent, *actions):8.1f}")
+        MONITOR_CPU_MS.setdefault(agent, (cpu_ms(STOCK / agent, "monitor"), cpu_ms(OURS / agent, "monitor")))
         if stock["monitor rc"] != ours["monitor rc"]:
             print(f"{'':40} note: monitor rc stock={stock['monitor rc']} tgtha={ours['monitor rc']}")
 
@@ -197,6 +199,19 @@ def monitor_cost_at_scale(runs: int) -> None:
         subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "stop"], env=target_env)
 
 
+def print_monitor_projection(luns: int = 256, targets: int = 64) -> None:
+    """The monitors' share of one core on a node with ``luns`` LUN and ``targets``
+    target resources, from the measured CPU per monitor (each monitor is a process)."""
+    if not {"iSCSITarget", "iSCSILogicalUnit"} <= MONITOR_CPU_MS.keys():
+        return
+    print(f"\nprojected monitor CPU, {luns} LUN + {targets} target resources on one node"
+          " (share of one core; CPU per monitor as measured above)")
+    for interval_s in (10, 30, 60):
+        shares = [(luns * MONITOR_CPU_MS["iSCSILogicalUnit"][side] + targets * MONITOR_CPU_MS["iSCSITarget"][side])
+                  / (interval_s * 1000) for side in (0, 1)]
+        print(f"  interval {interval_s:2} s: stock {shares[0]:6.1%}  tgtha {shares[1]:6.1%}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -233,6 +248,7 @@ def main() -> int:
                 subprocess.run(["ip", "netns", "exec", NS, str(OURS / "iSCSITarget"), "stop"], env=target, check=True)
         if args.only in (None, "scale"):
             monitor_cost_at_scale(args.runs)
+        print_monitor_projection()
     finally:
         subprocess.run(["ip", "netns", "del", NS])
     return 0

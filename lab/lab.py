@@ -5,6 +5,8 @@ initiator load, failovers, a report. ``make lab`` runs it (as root).
 Knobs (environment): LAB_NODES=2 LAB_TARGETS=6 LAB_LUNS=2 LAB_FAILOVERS=10
 LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
 LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=100 LAB_SETTLE_TIMEOUT=120
+LAB_MONITOR_S=10 (the monitor interval of every target's resources)
+LAB_TGTD_MONITOR_S=2 (tgtd's) LAB_NODE_ACTION_LIMIT=8 (Pacemaker's node-action-limit)
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
@@ -71,6 +73,9 @@ class Settings:
         # them and every Pacemaker action slowed (move cluster side p50 2.8 s;
         # 1.5 s at 100 ms, same machine).
         self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "100") / 1000
+        self.monitor_s = int(env.get("LAB_MONITOR_S") or "10")
+        self.tgtd_monitor_s = int(env.get("LAB_TGTD_MONITOR_S") or "2")
+        self.node_action_limit = int(env.get("LAB_NODE_ACTION_LIMIT") or "8")
         self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         self.disks = env.get("LAB_DISKS") or "tmpfs"
@@ -97,7 +102,8 @@ class Settings:
                     or (s == "lose-network" and not self.multipath)]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
                 or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel", "both") \
-                or not 1 <= self.guests <= 9 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
+                or not 1 <= self.guests <= 9 or min(self.monitor_s, self.tgtd_monitor_s, self.node_action_limit) < 1 \
+                or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1 \
                 or (self.initiator == "both" and self.luns < 2) or self.portal not in ("vip", "static") \
                 or not self.restart_gaps_s or (self.multipath and self.initiator == "libiscsi"):
@@ -369,7 +375,9 @@ def main() -> int:
                             layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
                             initiator_addresses=initiator_addresses,
                             target_parameters=f"DefaultTime2Wait={settings.time2wait}" if settings.time2wait else "",
-                            portal=settings.portal, placeholder=settings.placeholder, multipath=settings.multipath)
+                            portal=settings.portal, placeholder=settings.placeholder, multipath=settings.multipath,
+                            monitor_s=settings.monitor_s, tgtd_monitor_s=settings.tgtd_monitor_s,
+                            node_action_limit=settings.node_action_limit)
         for node in cluster.nodes:
             node.static_addresses = topology.static_addresses(node.name)
         planned = len(settings.scenarios) * settings.failovers

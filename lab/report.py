@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from scenarios import Failover
@@ -46,6 +47,8 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "wedged_messages": sum(len(f.wedged) for f in failovers),
         "paths_not_back": sum(len(f.paths_not_back) for f in failovers),
         "path_io_errors": sum(len(f.path_errors) for f in failovers),
+        "cpu": cpu_figures(failovers),
+        "action_times": action_times(failovers),
         "details": [{
             "action": f.action,
             "settled_s": _round(f.settled_s),
@@ -55,6 +58,7 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "pause_spans_s": f.pause_spans,
             "actions": f.actions,
             "unsettled": f.unsettled,
+            "cpu": f.cpu,
             "stalled": f.stalled,
             "io_errors": f.io_errors,
             "mismatches": f.mismatches,
@@ -78,6 +82,37 @@ def pause_figures(failovers: list[Failover], luns: set[str]) -> dict:
     pauses = [p for f in failovers for lun, p in f.pauses.items() if lun in luns]
     return {"pause_p50_s": _round(percentile(pauses, 50)), "pause_p99_s": _round(percentile(pauses, 99)),
             "pause_max_s": _round(max(pauses) if pauses else None)}
+
+
+def cpu_figures(failovers: list[Failover]) -> dict:
+    """Median CPU seconds per group over a scenario's failovers (start to the initiators'
+    resumption), the machine's median busy share, and the agents' CPU per action run."""
+    samples = [f.cpu for f in failovers if f.cpu]
+    if not samples:
+        return {}
+    groups = samples[0]["cpu_s"].keys()
+    actions = sum(len(f.actions) for f in failovers if f.cpu)
+    agents = sum(s["cpu_s"]["agents"] for s in samples)
+    return {"cpu_s_p50": {g: _round(percentile([s["cpu_s"][g] for s in samples], 50)) for g in groups},
+            "busy_p50": percentile([s["busy"] for s in samples if s["busy"] is not None], 50),
+            "agent_cpu_ms_per_action": round(agents * 1000 / actions, 1) if actions else None}
+
+
+def action_kind(resource: str) -> str:
+    """A lab resource's kind: its id without the target and LUN numbers (p_lun_t3_2 -> p_lun)."""
+    return re.sub(r"_t\d+(_\d+)?$", "", resource)
+
+
+def action_times(failovers: list[Failover]) -> dict:
+    """Per resource kind and operation: how many ran, median and worst seconds (Pacemaker's
+    own measure, from the logs), over a scenario's failovers."""
+    took: dict[str, list[float]] = {}
+    for f in failovers:
+        for a in f.actions:
+            if a.get("took_s") is not None:
+                took.setdefault(f"{action_kind(a['resource'])} {a['op']}", []).append(a["took_s"])
+    return {key: {"n": len(v), "p50_s": _round(percentile(v, 50)), "max_s": _round(max(v))}
+            for key, v in sorted(took.items())}
 
 
 def _round(value: float | None) -> float | None:
@@ -116,6 +151,18 @@ def table(report: dict) -> str:
             lines.append(f"{s['name']}, {kind} initiators only: pause p50 {_s(figures['pause_p50_s'])}, "
                          f"p99 {_s(figures['pause_p99_s'])}, max {_s(figures['pause_max_s'])}")
     for s in report["scenarios"]:
+        figures = s.get("cpu") or {}
+        if figures:
+            used = ", ".join(f"{g} {v:.1f}" for g, v in figures["cpu_s_p50"].items() if v)
+            busy = figures["busy_p50"]
+            lines.append(f"{s['name']}: CPU s per failover (median): {used}; machine busy "
+                         + ("n/a" if busy is None else f"{busy:.0%}")
+                         + f"; agents {_ms(figures['agent_cpu_ms_per_action'])} per action")
+        slowest = sorted((v["max_s"], k) for k, v in (s.get("action_times") or {}).items())[-3:]
+        if slowest:
+            lines.append(f"{s['name']}: slowest actions: "
+                         + ", ".join(f"{k} {v:.2f}s" for v, k in reversed(slowest)))
+    for s in report["scenarios"]:
         if s.get("ended_early"):
             lines.append(f"{s['name']}: ended early: {s['ended_early']}")
     if report.get("interrupted"):
@@ -135,6 +182,10 @@ def table(report: dict) -> str:
                      f"replacement_timeout budget: "
                      + ("n/a" if worst is None else f"{worst / budget:.1%} of it"))
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"
 
 
 def _s(value: float | None) -> str:

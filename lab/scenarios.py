@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cpu
 from cluster import SUBNET2, Cluster, wait_for
 from initiators import LunInitiator, UnauthenticatedProber
 from timeline import cluster_side, read_events, read_spans
@@ -44,6 +45,7 @@ class Failover:
     actions: list[dict] = field(default_factory=list)   # timeline.Span.relative_to(), in order
     pause_spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # seconds from start
     unsettled: dict | None = None               # what the cluster looked like, and the recovery
+    cpu: dict = field(default_factory=dict)     # cpu.by_group() from the start to the initiators' resumption
     # Kernel initiators only (guests.py): what the guests' kernels said.
     kernel_io_errors: list[str] = field(default_factory=list)
     ro_remounts: list[str] = field(default_factory=list)
@@ -121,6 +123,7 @@ class Lab:
         retries_before = sum(len(i.log.retried) for i in self.initiators)
         mismatches_before = sum(len(i.log.mismatches) for i in self.initiators)
         logins_before = len(self.prober.successes)
+        cpu_before = cpu.Sample()
         record = Failover(scenario, number, action, time.monotonic(), started_wall=time.time())
         hidden = self._break_a_start(affected_groups) if (scenario, number) in self.inject else None
         do()
@@ -144,6 +147,7 @@ class Lab:
         settled_at = time.monotonic()
         wait_for(lambda: all(i.log.last_completion() > settled_at for i in affected), RESUME_TIMEOUT_S)
         end = time.monotonic()
+        record.cpu = cpu.by_group(cpu_before, cpu.Sample())
         for initiator in affected:
             began, ended = longest_gap(initiator.log.completions, record.started, end)
             record.pauses[initiator.lun.name] = ended - began

@@ -109,8 +109,16 @@ def cluster_side(events: list[Event], started: float, members: set[str], unblock
 
 
 _EXECUTING = re.compile(r"executing - rsc:(\S+) action:(\S+) call_id:(\d+)")
+# Times as pcmk__readable_interval() writes them: "581ms", "1.082s", "2m30s".
 _FINISHED = re.compile(r"\(log_finished\).*?: (\S+) (\S+) \(call (\d+)(?:, PID \d+)?\) (.*?)"
-                       r"(?: \(execution time (\d+)ms(?: after being queued (\d+)ms)?\))?$")
+                       r"(?: \(execution time ([\d.dhms]+)(?: after being queued ([\d.dhms]+))?\))?$")
+_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def interval_s(text: str | None) -> float:
+    """Seconds of a Pacemaker interval ("581ms", "1.082s", "2m30s"); 0 for none."""
+    return sum(float(value) * _UNITS_S[unit]
+               for value, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text or ""))
 
 
 @dataclass
@@ -144,12 +152,11 @@ def read_spans(logs: list[Path], since: float, until: float) -> list[Span]:
                 resource, op, call = executing.groups()
                 running[call] = (at, node, resource, op)
             elif (finished := _FINISHED.search(line)):
-                resource, op, call, outcome, took_ms, queued_ms = finished.groups()
+                resource, op, call, outcome, took, queued = finished.groups()
                 began = running.pop(call, None)
-                start = began[0] if began else at - int(took_ms or 0) / 1000
+                start = began[0] if began else at - interval_s(took)
                 if start > until:
                     continue
-                spans.append(Span(node, resource, op, start, int(took_ms or 0) / 1000,
-                                  int(queued_ms or 0) / 1000, outcome))
+                spans.append(Span(node, resource, op, start, interval_s(took), interval_s(queued), outcome))
     spans.sort(key=lambda s: s.began)
     return spans

@@ -96,13 +96,19 @@ class Topology:
     portal: str = "vip"             # "vip" or "static", see the module docstring
     placeholder: bool = True        # tgtha tgtd's placeholder_target (false: the negative control)
     multipath: bool = False         # a second portal per target, on the second network
+    # Every target resource's monitor interval. Each monitor is a process of ~20 ms
+    # of CPU; with 24 targets x 8 resources, 10 s is ~0.5 of a core on monitors.
+    monitor_s: int = 10
+    tgtd_monitor_s: int = 2         # tgtd's own: how soon a dead tgtd is seen
+    node_action_limit: int = NODE_ACTION_LIMIT
 
     # ------------------------------------------------------------ the model
 
     def clones(self) -> list[tuple[str, Primitive]]:
         # tgtd is monitored every 2 s so that its own monitor sees a kill before
         # the targets' monitors do (theirs would fail and restart groups on their own).
-        tgtd_ops = {"monitor": "interval=2s timeout=10s", "start": "timeout=20s", "stop": "timeout=20s"}
+        tgtd_ops = {"monitor": f"interval={self.tgtd_monitor_s}s timeout=10s", "start": "timeout=20s",
+                    "stop": "timeout=20s"}
         if self.stack == "tgtha":
             # The node's /var/log/pacemaker is its own (bind-mounted per node).
             params = {"log_file": "/var/log/pacemaker/tgtd.log"}
@@ -110,7 +116,8 @@ class Topology:
                 params["placeholder_target"] = "false"
             tgtd = Primitive("p_tgtd", "ocf:tgtha:tgtd", params, tgtd_ops)
         else:
-            tgtd = Primitive("p_tgtd", "lsb:tgt", {}, {**tgtd_ops, "monitor": "interval=2s timeout=20s",
+            tgtd = Primitive("p_tgtd", "lsb:tgt", {}, {**tgtd_ops,
+                                                       "monitor": f"interval={self.tgtd_monitor_s}s timeout=20s",
                                                        "start": "timeout=30s", "stop": "timeout=30s"})
         clones = [("cl_tgtd", tgtd)]
         if self.stack == "tgtha":
@@ -161,6 +168,8 @@ class Topology:
             unblock["tickle_dir"] = self.tickle_dir
         members += [Primitive(f"p_unblock{suffix}_{target.name}", f"ocf:{provider}:portblock",
                               {**unblock, "ip": address}) for suffix, address, _ in portals]
+        for member in members:
+            member.ops["monitor"] = f"interval={self.monitor_s}s timeout=20s"
         return members
 
     @property
@@ -195,7 +204,7 @@ class Topology:
     # ------------------------------------------------------------ crmsh
 
     def crm_configuration(self) -> str:
-        lines = [f"property stonith-enabled=true node-action-limit={NODE_ACTION_LIMIT}",
+        lines = [f"property stonith-enabled=true node-action-limit={self.node_action_limit}",
                  "rsc_defaults resource-stickiness=200",
                  "op_defaults record-pending=false",
                  f"primitive fence_lab stonith:fence_tgthalab params pcmk_host_list=\"{' '.join(self.nodes)}\""
@@ -231,7 +240,7 @@ class Topology:
 
     def pcs_commands(self) -> list[list[str]]:
         """pcs argument lists (without ``pcs -f FILE``), in order."""
-        commands = [["property", "set", "stonith-enabled=true", f"node-action-limit={NODE_ACTION_LIMIT}"],
+        commands = [["property", "set", "stonith-enabled=true", f"node-action-limit={self.node_action_limit}"],
                     ["resource", "defaults", "update", "resource-stickiness=200"],
                     ["resource", "op", "defaults", "update", "record-pending=false"],
                     ["stonith", "create", "fence_lab", "fence_tgthalab",

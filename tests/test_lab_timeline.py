@@ -1,0 +1,47 @@
+"""The lab's reading of Pacemaker's logs (lab/timeline.py): every action's span.
+
+pacemaker-execd writes an action's execution and queue time as
+pcmk__readable_interval() does: "581ms" below a second, "1.082s" and "2m30s"
+above. A parser that knew only "ms" read every action of a second or more as
+0 s, which hid exactly the slow ones (found in a 24-target run).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "lab"))
+import timeline  # noqa: E402
+
+LINES = """\
+{d} 13:36:23.000 node1 pacemaker-execd     [62] (execute_resource_action) info: executing - rsc:p_target_t13 action:start call_id:826
+{d} 13:36:24.082 node1 pacemaker-execd     [62] (log_finished) 	info: p_target_t13 start (call 826, PID 434) exited with status 0 (execution time 1.082s)
+{d} 13:36:24.100 node1 pacemaker-execd     [62] (execute_resource_action) info: executing - rsc:p_block_t1 action:start call_id:27
+{d} 13:36:24.686 node1 pacemaker-execd     [62] (log_finished) 	info: p_block_t1 start (call 27, PID 151) exited with status 0 (execution time 581ms after being queued 5ms)
+{d} 13:39:00.000 node1 pacemaker-execd     [62] (log_finished) 	info: p_lun_t1_1 stop (call 30, PID 152) exited with status 0 (execution time 2m30s after being queued 1.5s)
+"""
+
+
+def spans(tmp_path):
+    day = time.strftime("%b %d")
+    log = tmp_path / "pacemaker.log"
+    log.write_text(LINES.format(d=day))
+    since = time.mktime(time.strptime(f"{time.localtime().tm_year} {day} 13:30:00", "%Y %b %d %H:%M:%S"))
+    return {s.resource: s for s in timeline.read_spans([log], since, since + 3600)}
+
+
+def test_an_action_of_more_than_a_second_keeps_its_time(tmp_path):
+    assert spans(tmp_path)["p_target_t13"].took_s == 1.082
+
+
+def test_milliseconds_and_the_queue_time_are_read(tmp_path):
+    block = spans(tmp_path)["p_block_t1"]
+    assert (block.took_s, block.queued_s) == (0.581, 0.005)
+
+
+def test_minutes_are_read_and_an_unseen_start_is_derived_from_the_time(tmp_path):
+    lun = spans(tmp_path)["p_lun_t1_1"]
+    assert (lun.took_s, lun.queued_s) == (150.0, 1.5)
+    assert lun.began == spans(tmp_path)["p_target_t13"].began + 7    # 13:39:00 less 2m30s
