@@ -458,3 +458,59 @@ def test_ports_are_ascii_digits(host, state_dir):
     result = run_agent("portblock", "validate-all", params("nft", "block", portno="\u0663\u0662\u0666\u0660"),
                        ns=host, state=state_dir)
     assert result.rc == 6 and "port" in result.exit_reason
+
+
+# ------------------------------------------------- the pseudo monitor in sh
+
+def monitor_traced(ns, state, agent_params: dict[str, str], meta: dict[str, str] | None = None,
+                   through_python: bool = False) -> tuple[int, bool]:
+    """(rc, whether Python ran) of one recurring monitor, traced with strace. With
+    ``through_python`` the file is run by Python directly: the answer without sh."""
+    argv = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(state / "monitor.strace")]
+    argv += ([sys.executable, "-IS"] if through_python else []) + [str(AGENTS / "portblock"), "monitor"]
+    proc = subprocess.run(ns.exec_argv(*argv), env=agent_env(state, "p", agent_params,
+                                                            {"interval": "10000", **(meta or {})}),
+                          capture_output=True, text=True, timeout=60)
+    trace = (state / "monitor.strace").read_text()
+    return proc.returncode, "python3" in trace.split("agents/portblock", 1)[-1] or through_python
+
+
+@pytest.mark.parametrize("extra", [
+    {},                                                        # ip 0.0.0.0/0 by default
+    {"ip": VIP},
+    {"ip": VIP6, "portno": "3260,3261:3263", "direction": "both"},
+    {"ip": f"{VIP}/32", "direction": "out", "method": "reject"},
+])
+@pytest.mark.parametrize("action", ["block", "unblock"])
+def test_sh_answers_the_pseudo_monitor_of_a_started_instance_as_python_does(host, state_dir, action, extra):
+    agent_params = {**params("iptables", action), **extra}
+    if "ip" not in extra:
+        del agent_params["ip"]
+    assert run_agent("portblock", "start", agent_params, ns=host, state=state_dir, instance="p").rc == 0
+    assert monitor_traced(host, state_dir, agent_params) == (0, False)
+    assert monitor_traced(host, state_dir, agent_params, through_python=True)[0] == 0
+    assert run_agent("portblock", "stop", agent_params, ns=host, state=state_dir, instance="p").rc == 0
+    assert monitor_traced(host, state_dir, agent_params) == (7, True), "a stopped instance is Python's"
+
+
+@pytest.mark.parametrize("extra, meta", [
+    ({"status_check": "rule"}, {}),                            # the firewall decides
+    ({"tickle_dir": "TICKLE"}, {}),                            # records the connections
+])   # promotable clones: their monitor answers 8 when promoted, which sh never does (test above)
+def test_every_other_monitor_is_pythons(host, state_dir, tmp_path, extra, meta):
+    agent_params = {**params("iptables", "unblock"), **extra}
+    if extra.get("tickle_dir"):
+        agent_params["tickle_dir"] = str(tmp_path)
+    assert run_agent("portblock", "start", agent_params, ns=host, state=state_dir, instance="p", meta=meta).rc == 0
+    rc, python_ran = monitor_traced(host, state_dir, agent_params, meta)
+    assert python_ran and rc == 0
+    run_agent("portblock", "stop", agent_params, ns=host, state=state_dir, instance="p", meta=meta)
+
+
+def test_sh_leaves_a_misconfigured_action_to_python(host, state_dir):
+    """A state file that an odd action value would name is never taken as an answer."""
+    agent_params = params("iptables", "block")
+    run_agent("portblock", "start", agent_params, ns=host, state=state_dir, instance="p")
+    rc, python_ran = monitor_traced(host, state_dir, {**agent_params, "action": "block/../portblock"})
+    assert python_ran and rc == 6
+    run_agent("portblock", "stop", agent_params, ns=host, state=state_dir, instance="p")
