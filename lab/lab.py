@@ -6,7 +6,7 @@ Knobs (environment): LAB_NODES=2 LAB_TARGETS=6 LAB_LUNS=2 LAB_FAILOVERS=10
 LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
 LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=100 LAB_SETTLE_TIMEOUT=120
 LAB_MONITOR_S=10 (the monitor interval of every target's resources)
-LAB_TGTD_MONITOR_S=2 (tgtd's) LAB_NODE_ACTION_LIMIT=8 (Pacemaker's node-action-limit)
+LAB_TGTD_MONITOR_S=1 (tgtd's) LAB_NODE_ACTION_LIMIT=8 (Pacemaker's node-action-limit)
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
@@ -74,7 +74,7 @@ class Settings:
         # 1.5 s at 100 ms, same machine).
         self.io_gap_s = int(env.get("LAB_IO_GAP_MS") or "100") / 1000
         self.monitor_s = int(env.get("LAB_MONITOR_S") or "10")
-        self.tgtd_monitor_s = int(env.get("LAB_TGTD_MONITOR_S") or "2")
+        self.tgtd_monitor_s = int(env.get("LAB_TGTD_MONITOR_S") or "1")
         self.node_action_limit = int(env.get("LAB_NODE_ACTION_LIMIT") or "8")
         self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"

@@ -99,7 +99,7 @@ class Topology:
     # Every target resource's monitor interval. Each monitor is a process of ~20 ms
     # of CPU; with 24 targets x 8 resources, 10 s is ~0.5 of a core on monitors.
     monitor_s: int = 10
-    tgtd_monitor_s: int = 2         # tgtd's own: how soon a dead tgtd is seen
+    tgtd_monitor_s: int = 1         # tgtd's own: how soon a dead tgtd is seen
     node_action_limit: int = NODE_ACTION_LIMIT
 
     # ------------------------------------------------------------ the model
