@@ -60,12 +60,15 @@ def prober(lab, iqns: list[str]):
         result.update(json.loads(out_file.read_text()))
 
 
+LOADER = "iqn.2026-11.test.tgtha:loader"
+
+
 @contextmanager
-def loaded(lab, target_iqn: str, lun: int = 1, password: str = PASSWORD):
+def loaded(lab, target_iqn: str, lun: int = 1, password: str = PASSWORD, initiator: str = LOADER):
     """iscsi-perf reading from a LUN with CHAP, reconnecting whenever it is cut off."""
     log = open(lab.tmp_path / f"perf-{time.monotonic_ns()}.log", "w")
     proc = subprocess.Popen(lab.client.exec_argv(
-        "iscsi-perf", "-i", "iqn.2026-11.test.tgtha:loader", "-m", "32", "-b", "256", "-x", "-1",
+        "iscsi-perf", "-i", initiator, "-m", "32", "-b", "256", "-x", "-1",
         lab.url(target_iqn, lun, USER, password)), stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
@@ -217,6 +220,82 @@ def test_tgtuser_reload_changes_the_password_without_touching_sessions(iscsi_lab
     assert not lab.login(iqn(1), USER, PASSWORD)
     assert lab.agent("iSCSITarget", "monitor", shared_target(1)).rc == 0
     assert lab.agent("tgtuser", "monitor", account("Brand-New-Secret")).rc == 0
+
+
+def sessions_by_initiator(lab, target_iqn: str) -> dict[str, str]:
+    """initiator name -> I_T nexus number, of the target's sessions now."""
+    block = lab.show().split(f": {target_iqn}\n", 1)[1].split("\nTarget ", 1)[0]
+    return {name: nexus for nexus, name in re.findall(r"I_T nexus: (\d+)\n\s+Initiator: (\S+)", block)}
+
+
+def test_reload_of_allowed_initiators_keeps_admitted_sessions_and_enforces_the_new_acl(iscsi_lab):
+    """reload-agent (allowed_initiators is reloadable): the loader, admitted before
+    and after, keeps its session under load; an initiator taken off the list loses
+    its session and cannot log in again; one put on it can log in."""
+    lab = iscsi_lab
+    other, client = "iqn.2026-11.test.tgtha:other", "iqn.2026-11.test.tgtha:client"   # lab.login's name
+    before = shared_target(1, allowed_initiators=f"{LOADER} {other}")
+    after = shared_target(1, allowed_initiators=f"{LOADER} {client}")
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", before).rc == 0
+    add_lun(lab, tid_of(lab, iqn(1)))
+    assert not lab.login(iqn(1), USER, PASSWORD), "the client is not admitted yet (the check's control)"
+    with loaded(lab, iqn(1)) as perf, loaded(lab, iqn(1), initiator=other):
+        deadline = time.monotonic() + 20
+        while len(sessions_by_initiator(lab, iqn(1))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sessions = sessions_by_initiator(lab, iqn(1))
+        assert set(sessions) == {LOADER, other}
+        assert lab.agent("iSCSITarget", "reload-agent", after).rc == 0
+        time.sleep(2)                       # iscsi-perf retries a lost session at once
+        assert sessions_by_initiator(lab, iqn(1)) == {LOADER: sessions[LOADER]}
+        assert perf.poll() is None
+    assert lab.login(iqn(1), USER, PASSWORD), "the client is admitted now"
+    assert lab.agent("iSCSITarget", "monitor", after).rc == 0
+    assert lab.agent("iSCSITarget", "monitor", before).rc == 1, "the monitor compares the ACL"
+
+
+def test_reload_by_address_keeps_a_session_its_network_still_admits(iscsi_lab):
+    lab = iscsi_lab
+    before = shared_target(1, allowed_initiators=lab.CLIENT_IP)
+    after = shared_target(1, allowed_initiators="10.82.0.0/24 192.0.2.7")
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", before).rc == 0
+    add_lun(lab, tid_of(lab, iqn(1)))
+    with loaded(lab, iqn(1)) as perf:
+        wait_for_sessions(lab, iqn(1))
+        sessions = sessions_by_initiator(lab, iqn(1))
+        assert lab.agent("iSCSITarget", "reload-agent", after).rc == 0
+        time.sleep(1)
+        assert sessions_by_initiator(lab, iqn(1)) == sessions and perf.poll() is None
+        # Narrowed to an address that is not the client's: its session goes.
+        assert lab.agent("iSCSITarget", "reload-agent", shared_target(1, allowed_initiators="192.0.2.7")).rc == 0
+        time.sleep(1)
+        assert sessions_by_initiator(lab, iqn(1)) == {}
+    assert not lab.login(iqn(1), USER, PASSWORD)
+
+
+def test_reload_applies_additional_parameters_to_the_running_target(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "start", shared_target(1)).rc == 0
+    tid = tid_of(lab, iqn(1))
+    changed = shared_target(1, additional_parameters="MaxRecvDataSegmentLength=65536 DefaultTime2Wait=0")
+    assert lab.agent("iSCSITarget", "reload-agent", changed).rc == 0
+    shown = lab.tgtd.tgtadm("--mode", "target", "--op", "show", "--tid", str(tid)).stdout
+    assert "MaxRecvDataSegmentLength=65536" in shown and "DefaultTime2Wait=0" in shown
+    assert lab.agent("iSCSITarget", "monitor", changed).rc == 0
+
+
+def test_reload_of_a_stopped_target_starts_nothing_and_bad_input_changes_nothing(iscsi_lab):
+    lab = iscsi_lab
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("iSCSITarget", "reload-agent", shared_target(1)).rc == 0
+    assert f": {iqn(1)}" not in lab.show()
+    assert lab.agent("iSCSITarget", "start", shared_target(1, allowed_initiators=lab.CLIENT_IP)).rc == 0
+    bad = lab.agent("iSCSITarget", "reload-agent", shared_target(1, allowed_initiators="not-an-address"))
+    assert bad.rc == 6 and "allowed_initiators" in bad.exit_reason
+    assert lab.agent("iSCSITarget", "monitor", shared_target(1, allowed_initiators=lab.CLIENT_IP)).rc == 0
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")

@@ -7,6 +7,14 @@ parameters -> the CHAP account is bound -> only then the ACL opens it -> the
 result is read back and compared with the configuration; any failure deletes
 what this start made.
 
+Reload (OCF 1.1 reload-agent; Pacemaker sends it only for a change of
+allowed_initiators or additional_parameters, every other change restarts):
+under the config lock, new ACL entries are bound before old ones are
+unbound (the ACL is never empty in between, which tgt would read as "nobody"
+anyway, and never wider than old + new) -> target parameters -> sessions of
+initiators the new ACL no longer admits are closed -> read back and compared.
+Sessions of initiators still admitted stay up: no group restart.
+
 Stop: new logins are refused (target state offline) -> tgt closes the
 sessions, and any connection it cannot close (a send queue stuck behind a
 silent initiator) is destroyed in the kernel -> the target is deleted -> only
@@ -44,6 +52,7 @@ def automatic_tid(iqn: str) -> int:
 
 
 class ISCSITarget(TgtAgent):
+    ACTIONS = {**TgtAgent.ACTIONS, "reload-agent": "reload", "reload": "reload"}
     NAME = "iSCSITarget"
     PARAMETERS = {
         "implementation": "tgt",
@@ -219,6 +228,42 @@ class ISCSITarget(TgtAgent):
             raise OCFError(ERR_GENERIC, f"cannot stop target {iqn}: {err}") from None
         return ocf.SUCCESS
 
+    def reload(self) -> int:
+        self._validate()
+        iqn = self.iqn
+        ctl = self.tgtd
+        try:
+            target = ctl.target_by_iqn(iqn)
+            if target is None:
+                # Pacemaker reloads running resources only: this one is gone, which
+                # its next monitor reports; a reload does not start it behind its back.
+                ocf.log_warning(f"reload: target {iqn} is not running; nothing applied")
+                return ocf.SUCCESS
+            wanted = self.allowed_initiators
+            with accounts.config_lock(self.control_port, self.deadline):
+                for initiator in wanted:
+                    if initiator not in target.acls:
+                        ctl.bind_initiator(target.tid, initiator)
+                for initiator in target.acls:
+                    if initiator not in wanted:
+                        ctl.unbind_initiator(target.tid, initiator)
+                for name, value in self.additional_parameters:
+                    ctl.update_target(target.tid, name, value)
+            refused = [n for n in target.nexuses if not admitted(n, wanted)]
+            if refused:
+                from .sessions import close_sessions
+                close_sessions(ctl, target, self.portals, self.deadline, only=refused)
+                ocf.log_info(f"reload: target {iqn}: closed {len(refused)} session(s) the new ACL refuses")
+            after = ctl.target_by_iqn(iqn)
+        except TgtdUnreachable as err:
+            raise OCFError(ERR_GENERIC, f"cannot reload target {iqn}: {err}") from None
+        except TgtdError as err:
+            raise OCFError(ERR_GENERIC, f"cannot reload target {iqn}: {err}") from None
+        problem = "it vanished during the reload" if after is None else self._mismatch(after)
+        if problem:
+            raise OCFError(ERR_GENERIC, f"target {iqn} was reloaded but {problem}")
+        return ocf.SUCCESS
+
     # ---------------------------------------------------------------- start
 
     def _create(self, ctl: TgtdControl, iqn: str) -> None:
@@ -357,6 +402,22 @@ class ISCSITarget(TgtAgent):
         if sorted(target.acls) != sorted(self.allowed_initiators):
             return f"its ACL is {target.acls}, configured {self.allowed_initiators}"
         return None
+
+
+def admitted(nexus, acl: list[str]) -> bool:
+    """Does ``acl`` (allowed_initiators' entries) admit this session, as tgt would at
+    login: ALL, its initiator name, or the address of every one of its connections?
+    The name is the initiator's own claim (as it is to tgt's ACL); an address is
+    the peer tgt saw. A session this cannot read is not admitted."""
+    if "ALL" in acl:
+        return True
+    if nexus.initiator and nexus.initiator in acl:
+        return True
+    networks = [Network.parse(entry) for entry in acl if not entry.startswith(("iqn.", "eui.", "naa."))]
+    from .sessions import peer_address
+    peers = [peer_address(c.address) for c in nexus.connections]
+    return bool(peers) and all(peer is not None and any(net.contains(peer.packed) for net in networks)
+                              for peer in peers)
 
 
 def main() -> None:

@@ -14,15 +14,16 @@ from .netaddr import Network
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .tgtd import Target, TgtdControl
+    from .tgtd import Nexus, Target, TgtdControl
 
 # How long tgt gets to close sessions politely before sockets are destroyed.
 POLITE_CLOSE_S = 0.3
 
 
 def close_sessions(ctl: TgtdControl, target: Target, portals: list[tuple[Network, int]],
-                   deadline: float) -> None:
-    """Close every session of ``target``; return when none is left or at ``deadline``.
+                   deadline: float, only: list[Nexus] | None = None) -> None:
+    """Close every session of ``target`` (or ``only`` those); return when none (of
+    them) is left or at ``deadline``.
 
     ``portals`` are the (address, port) pairs initiators reach the target at,
     when the agent knows them (iSCSITarget's ``portals``); otherwise tgtd's own
@@ -33,19 +34,29 @@ def close_sessions(ctl: TgtdControl, target: Target, portals: list[tuple[Network
     address families, which resets their sessions to other targets too (they
     reconnect).
     """
-    if not target.nexuses:
+    closing = target.nexuses if only is None else only
+    if not closing:
         return
-    for nexus in target.nexuses:
+    sids = {n.sid for n in closing}
+    for nexus in closing:
         for connection in nexus.connections:
             ctl.delete_connection(target.tid, nexus.sid, connection.cid)
-    current = _wait_for_no_sessions(ctl, target, min(time.monotonic() + POLITE_CLOSE_S, deadline))
+    current = _wait_for_no_sessions(ctl, target, min(time.monotonic() + POLITE_CLOSE_S, deadline), sids)
     # tgt may stop listing a session whose socket still holds a full send queue
     # (its close waits for it), so the kernel decides what is left, not tgt's list.
     from .netaddr import PortSet
     from .sockdiag import SocketDestroyUnsupported, close_sockets
-    sessions = target.nexuses + (current.nexuses if current is not None else [])
-    peers = sorted({peer for n in sessions for c in n.connections
-                    if (peer := _peer(c.address)) is not None}, key=str)
+    sessions = closing + ([n for n in current.nexuses if n.sid in sids] if current is not None else [])
+    peers = {peer for n in sessions for c in n.connections if (peer := peer_address(c.address)) is not None}
+    if only is not None:
+        # A host with a session that stays keeps its sockets: tgt's close must do.
+        kept = {peer for n in target.nexuses if n.sid not in sids for c in n.connections
+                if (peer := peer_address(c.address)) is not None}
+        peers -= kept
+        if not peers:
+            _wait_for_no_sessions(ctl, target, deadline, sids)
+            return
+    peers = sorted(peers, key=str)
     # The target's own addresses select exactly its connections; tgtd's portals
     # serve every target, so there only its initiators' connections are taken.
     own = [(portal, port) for portal, port in portals if not _wildcard(portal)]
@@ -74,14 +85,14 @@ def close_sessions(ctl: TgtdControl, target: Target, portals: list[tuple[Network
     if left:
         ocf.log_warning(f"{target.iqn}: {len(left)} connection(s) still open: "
                         + ", ".join(str(s) for s in left[:5]))
-    _wait_for_no_sessions(ctl, target, deadline)
+    _wait_for_no_sessions(ctl, target, deadline, sids)
 
 
 def _wildcard(portal: Network) -> bool:
     return not portal.packed.strip(b"\0")
 
 
-def _peer(address: str) -> Network | None:
+def peer_address(address: str) -> Network | None:
     """An initiator's address as tgt shows it (IPv6 possibly bracketed or with a %scope)."""
     text = address.strip().strip("[]").split("%", 1)[0]
     try:
@@ -90,9 +101,10 @@ def _peer(address: str) -> Network | None:
         return None
 
 
-def _wait_for_no_sessions(ctl: TgtdControl, target: Target, until: float) -> Target | None:
+def _wait_for_no_sessions(ctl: TgtdControl, target: Target, until: float, sids: set[int]) -> Target | None:
+    """Wait until none of sessions ``sids`` is listed; the target as last read."""
     current: Target | None = target
-    while current is not None and current.nexuses and time.monotonic() < until:
+    while current is not None and any(n.sid in sids for n in current.nexuses) and time.monotonic() < until:
         time.sleep(0.02)
         current = ctl.target_by_iqn(target.iqn)
     return current
