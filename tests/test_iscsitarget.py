@@ -298,6 +298,70 @@ def test_reload_of_a_stopped_target_starts_nothing_and_bad_input_changes_nothing
     assert lab.agent("iSCSITarget", "monitor", shared_target(1, allowed_initiators=lab.CLIENT_IP)).rc == 0
 
 
+# ---------------------------------------------------------------- mutual CHAP
+
+TARGET_USER, TARGET_PASSWORD = "target-side", "Target-Side-Secret-9"
+
+
+def mutual_login(lab, target_iqn: str, target_password: str = TARGET_PASSWORD) -> bool:
+    """An initiator that also checks the target's credentials (libiscsi's mutual CHAP:
+    it refuses a target whose answer to its own challenge is wrong or missing)."""
+    env = dict(os.environ, LIBISCSI_CHAP_USERNAME=USER, LIBISCSI_CHAP_PASSWORD=PASSWORD,
+               LIBISCSI_CHAP_TARGET_USERNAME=TARGET_USER, LIBISCSI_CHAP_TARGET_PASSWORD=target_password)
+    return lab.client.run("iscsi-inq", "-i", "iqn.2026-11.test.tgtha:client", lab.url(target_iqn, 0),
+                          check=False, timeout=30, env=env).returncode == 0
+
+
+def test_mutual_chap_lets_the_initiator_check_the_targets_credentials(iscsi_lab):
+    lab = iscsi_lab
+    outgoing = {"username": TARGET_USER, "password": TARGET_PASSWORD}
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("tgtuser", "start", outgoing, instance="out").rc == 0
+    mutual = shared_target(1, outgoing_username=TARGET_USER)
+    assert lab.agent("iSCSITarget", "start", mutual).rc == 0
+    assert lab.agent("iSCSITarget", "start", shared_target(2)).rc == 0
+    assert mutual_login(lab, iqn(1))
+    assert not mutual_login(lab, iqn(1), "Not-The-Target-Secret"), "wrong target credentials: refused"
+    # The control: a target without an outgoing account cannot prove itself, though
+    # a one-way login to it works.
+    assert not mutual_login(lab, iqn(2)) and lab.login(iqn(2), USER, PASSWORD)
+    assert lab.agent("iSCSITarget", "monitor", mutual).rc == 0
+    # A new password for the target's account (tgtuser reload) keeps it bound.
+    new = {**outgoing, "password": "Target-Side-Secret-10"}
+    assert lab.agent("tgtuser", "reload", new, instance="out").rc == 0
+    assert mutual_login(lab, iqn(1), "Target-Side-Secret-10")
+    assert lab.agent("iSCSITarget", "monitor", mutual).rc == 0
+    # Stop only unbinds: the account is tgtuser's.
+    assert lab.agent("iSCSITarget", "stop", mutual).rc == 0
+    assert TARGET_USER in lab.accounts()
+
+
+def test_mutual_chap_monitor_fails_when_the_outgoing_account_is_gone(iscsi_lab):
+    lab = iscsi_lab
+    outgoing = {"username": TARGET_USER, "password": TARGET_PASSWORD}
+    assert lab.agent("tgtuser", "start", account()).rc == 0
+    assert lab.agent("tgtuser", "start", outgoing, instance="out").rc == 0
+    mutual = shared_target(1, outgoing_username=TARGET_USER)
+    assert lab.agent("iSCSITarget", "start", mutual).rc == 0
+    assert lab.agent("tgtuser", "stop", outgoing, instance="out").rc == 0
+    monitor = lab.agent("iSCSITarget", "monitor", mutual)
+    assert monitor.rc == 1 and "outgoing account" in monitor.exit_reason
+    assert lab.agent("iSCSITarget", "stop", mutual).rc == 0
+    missing = lab.agent("iSCSITarget", "start", mutual)
+    assert missing.rc == 5 and TARGET_USER in missing.exit_reason
+    assert f": {iqn(1)}" not in lab.show()
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"outgoing_username": USER}, "another account"),
+    ({"incoming_username": "", "outgoing_username": TARGET_USER}, "needs incoming_username"),
+    ({"outgoing_username": "bad name"}, "outgoing_username"),
+])
+def test_mutual_chap_bad_input_is_a_configuration_error(iscsi_lab, params, reason):
+    result = iscsi_lab.agent("iSCSITarget", "validate-all", {**shared_target(1), **params})
+    assert result.rc == 6 and reason in result.exit_reason
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
 def test_a_reload_killed_half_way_is_finished_by_the_next_monitor(iscsi_lab):
     """kill -9 (an op timeout) between deleting the account and creating it

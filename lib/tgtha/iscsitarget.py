@@ -63,6 +63,7 @@ class ISCSITarget(TgtAgent):
         "allowed_initiators": "",
         "incoming_username": "",
         "incoming_password": "",
+        "outgoing_username": "",
         "additional_parameters": "",
         "control_port": "0",
     }
@@ -121,6 +122,22 @@ class ISCSITarget(TgtAgent):
         return accounts.check_password(value, "incoming_password") if value else ""
 
     @property
+    def outgoing_username(self) -> str:
+        """The target's own credentials for mutual CHAP: an existing account (tgtuser's)."""
+        value = self.param("outgoing_username")
+        if not value:
+            return ""
+        accounts.check_username(value, "outgoing_username")
+        if not self.param("incoming_username"):
+            raise OCFError(ERR_CONFIGURED, "outgoing_username needs incoming_username: the target proves"
+                                           " itself only to an initiator that has proved itself")
+        if value == self.param("incoming_username"):
+            # One secret both ways lets an attacker replay the target's own challenge
+            # back to it (RFC 7143 12.1.3: the secrets must differ).
+            raise OCFError(ERR_CONFIGURED, "outgoing_username must be another account than incoming_username")
+        return value
+
+    @property
     def shares_account(self) -> bool:
         """Bind to an account someone else (tgtuser) owns, instead of making one."""
         return bool(self.username) and not self.password
@@ -143,7 +160,7 @@ class ISCSITarget(TgtAgent):
             raise OCFError(ERR_CONFIGURED, "iser_portals is not supported with tgt "
                                            "(tgt's iSER portals are configured in tgtd)")
         self.iqn, self.tid, self.portals, self.allowed_initiators
-        self.username, self.password, self.additional_parameters, self.control_port
+        self.username, self.password, self.outgoing_username, self.additional_parameters, self.control_port
         require_tgtd()
 
     def monitor(self) -> int:
@@ -283,6 +300,8 @@ class ISCSITarget(TgtAgent):
                     accounts.ensure_guard(ctl)
                     ctl.bind_account(tid, accounts.GUARD_ACCOUNT)
                     ctl.bind_account(tid, self.username)
+                if self.outgoing_username:
+                    ctl.bind_account(tid, self.outgoing_username, outgoing=True)
                 for initiator in self.allowed_initiators:
                     ctl.bind_initiator(tid, initiator)
             target = ctl.target_by_iqn(iqn)
@@ -321,7 +340,12 @@ class ISCSITarget(TgtAgent):
         user, password, port = self.username, self.password, self.control_port
         if not user:
             return False
-        exists = user in ctl.accounts()
+        existing = ctl.accounts()
+        outgoing = self.outgoing_username
+        if outgoing and outgoing not in existing:
+            raise OCFError(ERR_INSTALLED, f"account {outgoing} (outgoing_username) does not exist on this node;"
+                                          " it is made by an ocf:tgtha:tgtuser clone, which must run here first")
+        exists = user in existing
         if self.shares_account:
             if not exists:
                 raise OCFError(ERR_INSTALLED, self._no_account_reason())
@@ -399,6 +423,11 @@ class ISCSITarget(TgtAgent):
             if not target.incoming and self.username:
                 return f"its account {self.username} is not bound: it accepts logins without CHAP"
             return f"its incoming accounts are {target.incoming}, configured {wanted or 'none'}"
+        if (target.outgoing or "") != self.outgoing_username:
+            if self.outgoing_username and not target.outgoing:
+                return (f"its outgoing account {self.outgoing_username} is not bound (deleted while the target"
+                        " ran?): initiators that check the target's credentials refuse it")
+            return f"its outgoing account is {target.outgoing or 'none'}, configured {self.outgoing_username or 'none'}"
         if sorted(target.acls) != sorted(self.allowed_initiators):
             return f"its ACL is {target.acls}, configured {self.allowed_initiators}"
         return None
