@@ -874,3 +874,18 @@ def test_stop_closes_a_frozen_initiators_connection_whatever_the_address_family_
         shown = tgtd.tgtadm("--mode", "target", "--op", "show").stdout
         assert "State: ready" in shown and "LUN: 1\n" not in shown, "the target is given back, ready"
         assert agent("iSCSITarget", "stop", target).rc == 0
+
+
+def test_discovery_lists_a_target_at_a_portal_it_was_not_configured_for(iscsi_lab):
+    """The tgt fact behind README's "Several portals per target": a target has no
+    portals of its own in tgt, so discovery at target 1's address also offers
+    target 2 there (the initiators must log in to each target at its own portals)."""
+    lab = iscsi_lab
+    assert lab.agent("iSCSITarget", "start", {"iqn": iqn(1), "portals": f"{lab.TARGET_IP}:3260"}).rc == 0
+    assert lab.agent("iSCSITarget", "start", {"iqn": iqn(2), "portals": "192.0.2.99:3260"}).rc == 0
+    listing = lab.client.run("iscsi-ls", "-i", "iqn.2026-11.test.tgtha:client", f"iscsi://{lab.TARGET_IP}",
+                             check=False, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    offered = re.findall(r"Target:(\S+) Portal:(\S+)", listing.stdout)
+    assert (iqn(1), f"{lab.TARGET_IP}:3260,1") in offered
+    assert (iqn(2), f"{lab.TARGET_IP}:3260,1") in offered, listing.stdout
