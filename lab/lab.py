@@ -7,6 +7,7 @@ LAB_SCENARIOS=move,standby,power-off,kill-tgtd STACK=tgtha|stock
 LAB_CONFIG=crm|pcs LAB_OUT=./lab-out LAB_IO_GAP_MS=100 LAB_SETTLE_TIMEOUT=120
 LAB_MONITOR_S=10 (the monitor interval of every target's resources)
 LAB_TGTD_MONITOR_S=1 (tgtd's) LAB_NODE_ACTION_LIMIT=8 (Pacemaker's node-action-limit)
+LAB_TOKEN_MS=1000 (Corosync's token timeout)
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
@@ -76,6 +77,8 @@ class Settings:
         self.monitor_s = int(env.get("LAB_MONITOR_S") or "10")
         self.tgtd_monitor_s = int(env.get("LAB_TGTD_MONITOR_S") or "1")
         self.node_action_limit = int(env.get("LAB_NODE_ACTION_LIMIT") or "8")
+        # Corosync's token: a lost node is seen after it plus consensus (1.2 x token).
+        self.token_ms = int(env.get("LAB_TOKEN_MS") or "1000")
         self.settle_timeout_s = float(env.get("LAB_SETTLE_TIMEOUT") or "120")
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         self.disks = env.get("LAB_DISKS") or "tmpfs"
@@ -102,7 +105,8 @@ class Settings:
                     or (s == "lose-network" and not self.multipath)]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject") \
                 or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel", "both") \
-                or not 1 <= self.guests <= 9 or min(self.monitor_s, self.tgtd_monitor_s, self.node_action_limit) < 1 \
+                or not 1 <= self.guests <= 9 or self.token_ms < 100 \
+                or min(self.monitor_s, self.tgtd_monitor_s, self.node_action_limit) < 1 \
                 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1 \
                 or (self.initiator == "both" and self.luns < 2) or self.portal not in ("vip", "static") \
@@ -353,7 +357,7 @@ def main() -> int:
     run_dir = settings.out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     cluster = Cluster(run_dir, settings.nodes, settings.prefix, reboot_delay_s=settings.reboot_delay_s,
-                      networks=2 if settings.multipath else 1)
+                      networks=2 if settings.multipath else 1, token_ms=settings.token_ms)
     disks = SharedDisks(settings.prefix, settings.disks, settings.targets * settings.luns * LUN_SIZE)
     run = Run(settings, progress)
     run.backing_store = disks.describe()

@@ -64,8 +64,8 @@ def loaded_with_crm(tmp_path) -> etree._Element:
 
 def loaded_with_pcs(tmp_path) -> etree._Element:
     cib = empty_cib(tmp_path)
-    result = subprocess.run(["sh", str(EXAMPLES / "tgtha-reference.pcs.sh")], env={**os.environ, "PCS": f"pcs -f {cib}"},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(["sh", str(EXAMPLES / "tgtha-reference.pcs.sh")],
+                            env={**os.environ, "PCS": f"pcs -f {cib}"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return verified(cib)
 

@@ -312,13 +312,21 @@ def mutual_login(lab, target_iqn: str, target_password: str = TARGET_PASSWORD) -
                           check=False, timeout=30, env=env).returncode == 0
 
 
-def test_mutual_chap_lets_the_initiator_check_the_targets_credentials(iscsi_lab):
-    lab = iscsi_lab
-    outgoing = {"username": TARGET_USER, "password": TARGET_PASSWORD}
-    assert lab.agent("tgtuser", "start", account()).rc == 0
-    assert lab.agent("tgtuser", "start", outgoing, instance="out").rc == 0
-    mutual = shared_target(1, outgoing_username=TARGET_USER)
-    assert lab.agent("iSCSITarget", "start", mutual).rc == 0
+OUTGOING = {"username": TARGET_USER, "password": TARGET_PASSWORD}
+MUTUAL = shared_target(1, outgoing_username=TARGET_USER)
+
+
+@pytest.fixture
+def mutual_lab(iscsi_lab):
+    """Two tgtuser accounts (the initiators', the target's) and target 1 using both."""
+    assert iscsi_lab.agent("tgtuser", "start", account()).rc == 0
+    assert iscsi_lab.agent("tgtuser", "start", OUTGOING, instance="out").rc == 0
+    assert iscsi_lab.agent("iSCSITarget", "start", MUTUAL).rc == 0
+    return iscsi_lab
+
+
+def test_mutual_chap_lets_the_initiator_check_the_targets_credentials(mutual_lab):
+    lab, mutual, outgoing = mutual_lab, MUTUAL, OUTGOING
     assert lab.agent("iSCSITarget", "start", shared_target(2)).rc == 0
     assert mutual_login(lab, iqn(1))
     assert not mutual_login(lab, iqn(1), "Not-The-Target-Secret"), "wrong target credentials: refused"
@@ -336,14 +344,9 @@ def test_mutual_chap_lets_the_initiator_check_the_targets_credentials(iscsi_lab)
     assert TARGET_USER in lab.accounts()
 
 
-def test_mutual_chap_monitor_fails_when_the_outgoing_account_is_gone(iscsi_lab):
-    lab = iscsi_lab
-    outgoing = {"username": TARGET_USER, "password": TARGET_PASSWORD}
-    assert lab.agent("tgtuser", "start", account()).rc == 0
-    assert lab.agent("tgtuser", "start", outgoing, instance="out").rc == 0
-    mutual = shared_target(1, outgoing_username=TARGET_USER)
-    assert lab.agent("iSCSITarget", "start", mutual).rc == 0
-    assert lab.agent("tgtuser", "stop", outgoing, instance="out").rc == 0
+def test_mutual_chap_monitor_fails_when_the_outgoing_account_is_gone(mutual_lab):
+    lab, mutual = mutual_lab, MUTUAL
+    assert lab.agent("tgtuser", "stop", OUTGOING, instance="out").rc == 0
     monitor = lab.agent("iSCSITarget", "monitor", mutual)
     assert monitor.rc == 1 and "outgoing account" in monitor.exit_reason
     assert lab.agent("iSCSITarget", "stop", mutual).rc == 0

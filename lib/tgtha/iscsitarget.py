@@ -249,15 +249,15 @@ class ISCSITarget(TgtAgent):
         self._validate()
         iqn = self.iqn
         ctl = self.tgtd
+        wanted = self.allowed_initiators
         try:
-            target = ctl.target_by_iqn(iqn)
-            if target is None:
-                # Pacemaker reloads running resources only: this one is gone, which
-                # its next monitor reports; a reload does not start it behind its back.
-                ocf.log_warning(f"reload: target {iqn} is not running; nothing applied")
-                return ocf.SUCCESS
-            wanted = self.allowed_initiators
             with accounts.config_lock(self.control_port, self.deadline):
+                target = ctl.target_by_iqn(iqn)
+                if target is None:
+                    # Pacemaker reloads running resources only: this one is gone, which
+                    # its next monitor reports; a reload does not start it behind its back.
+                    ocf.log_warning(f"reload: target {iqn} is not running; nothing applied")
+                    return ocf.SUCCESS
                 for initiator in wanted:
                     if initiator not in target.acls:
                         ctl.bind_initiator(target.tid, initiator)
@@ -266,6 +266,9 @@ class ISCSITarget(TgtAgent):
                         ctl.unbind_initiator(target.tid, initiator)
                 for name, value in self.additional_parameters:
                     ctl.update_target(target.tid, name, value)
+            # Sessions as they are now, under the new ACL: one that logged in while
+            # the old list still held is among them.
+            target = ctl.target_by_iqn(iqn) or target
             refused = [n for n in target.nexuses if not admitted(n, wanted)]
             if refused:
                 from .sessions import close_sessions
@@ -427,7 +430,8 @@ class ISCSITarget(TgtAgent):
             if self.outgoing_username and not target.outgoing:
                 return (f"its outgoing account {self.outgoing_username} is not bound (deleted while the target"
                         " ran?): initiators that check the target's credentials refuse it")
-            return f"its outgoing account is {target.outgoing or 'none'}, configured {self.outgoing_username or 'none'}"
+            return (f"its outgoing account is {target.outgoing or 'none'},"
+                    f" configured {self.outgoing_username or 'none'}")
         if sorted(target.acls) != sorted(self.allowed_initiators):
             return f"its ACL is {target.acls}, configured {self.allowed_initiators}"
         return None
