@@ -86,6 +86,8 @@ def man_page(metadata: Path, date: str) -> str:
             facts.append("required")
         if parameter.get("unique") == "1":
             facts.append("unique")
+        if parameter.get("reloadable") == "1":
+            facts.append("reloadable: a change is applied without a restart")
         out += [".TP", f".B {roff(parameter.get('name'))}",
                 roff(f"{parameter.findtext('shortdesc', '').strip()} ({', '.join(facts)})"), ".br",
                 *indented(parameter.findtext("longdesc", ""))]

@@ -102,6 +102,8 @@ def test_make_install_puts_a_man_page_for_every_agent_that_renders_and_lists_eve
             assert f"\n       {parameter.get('name')}" in shown.stdout, (agent.name, parameter.get("name"))
         for action in metadata.iter("action"):
             assert f"\n       {action.get('name')} " in shown.stdout, (agent.name, action.get("name"))
+        reloadable = sum(1 for p in metadata.iter("parameter") if p.get("reloadable") == "1")
+        assert shown.stdout.count("reloadable: a change is applied") == reloadable, agent.name
 
 
 # What crm_resource --validate runs (validate-all, as the cluster would) and what it must answer.
