@@ -86,7 +86,8 @@ def pause_figures(failovers: list[Failover], luns: set[str]) -> dict:
 
 def cpu_figures(failovers: list[Failover]) -> dict:
     """Median CPU seconds per group over a scenario's failovers (start to the initiators'
-    resumption), the machine's median busy share, and the agents' CPU per action run."""
+    resumption), the machine's median busy share, and the agents' CPU per logged action
+    (execd logs starts and stops, not monitors, whose CPU is in the agents' total)."""
     samples = [f.cpu for f in failovers if f.cpu]
     if not samples:
         return {}

@@ -105,8 +105,9 @@ class Topology:
     # ------------------------------------------------------------ the model
 
     def clones(self) -> list[tuple[str, Primitive]]:
-        # tgtd is monitored every 2 s so that its own monitor sees a kill before
-        # the targets' monitors do (theirs would fail and restart groups on their own).
+        # tgtd is monitored more often than the targets (1 s by default) so that its own
+        # monitor sees a kill before theirs do (theirs would fail and restart groups on
+        # their own), and because every second of detection delays every target.
         tgtd_ops = {"monitor": f"interval={self.tgtd_monitor_s}s timeout=10s", "start": "timeout=20s",
                     "stop": "timeout=20s"}
         if self.stack == "tgtha":

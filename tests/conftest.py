@@ -90,6 +90,13 @@ def netns(make_netns) -> Netns:
     return make_netns()
 
 
+@pytest.fixture(scope="session")
+def agents_installed() -> None:
+    """``make install`` into this machine's OCF root, once per test run: where
+    Pacemaker's tools, pcs and crmsh look for ocf:tgtha:*."""
+    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
+
+
 @pytest.fixture
 def state_dir(tmp_path) -> Path:
     """A private HA_RSCTMP, so tests never share agent state or locks with the host."""

@@ -25,8 +25,8 @@ EXAMPLES = REPO / "examples"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def installed():
-    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
+def installed(agents_installed):
+    """The agents where crmsh, pcs and crm_verify look for them."""
 
 
 def empty_cib(tmp_path) -> str:

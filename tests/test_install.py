@@ -20,13 +20,6 @@ def installed(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def installed_here() -> None:
-    """``make install`` into this machine's OCF root, once: where pcs, crmsh and
-    crm_resource look for ocf:tgtha:*."""
-    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
-
-
 def test_installed_agent_runs_from_its_own_library(installed):
     agent = installed / "usr/lib/ocf/resource.d/tgtha/portblock"
     assert (installed / "usr/lib/ocf/lib/tgtha/portblock.py").exists()
@@ -74,7 +67,7 @@ def test_meta_data_falls_back_to_python_when_the_file_is_not_beside_the_agent(tm
 
 
 @pytest.mark.skipif(shutil.which("pcs") is None, reason="pcs not installed")
-def test_pcs_takes_a_stock_iscsilogicalunit_parameter_set_without_force(tmp_path, installed_here):
+def test_pcs_takes_a_stock_iscsilogicalunit_parameter_set_without_force(tmp_path, agents_installed):
     cib = tmp_path / "cib.xml"
     cib.write_text(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, check=True).stdout)
 
@@ -126,7 +119,8 @@ VALIDATE_CASES = [
 @pytest.mark.skipif(shutil.which("crm_resource") is None, reason="pacemaker-cli-utils not installed")
 @pytest.mark.parametrize("agent, params, rc", VALIDATE_CASES,
                          ids=[f"{a}-{'good' if rc == 0 else 'bad'}" for a, _, rc in VALIDATE_CASES])
-def test_crm_resource_validate_answers_0_for_good_parameters_and_6_for_bad(agent, params, rc, installed_here):
+def test_crm_resource_validate_answers_0_for_good_parameters_and_6_for_bad(agent, params, rc,
+                                                                          agents_installed):
     """Pacemaker's own validation entry point, without a cluster: the installed agent's validate-all."""
     argv = ["crm_resource", "--validate", "--class", "ocf", "--provider", "tgtha", "--agent", agent]
     for name, value in params.items():
@@ -138,7 +132,7 @@ def test_crm_resource_validate_answers_0_for_good_parameters_and_6_for_bad(agent
 
 @pytest.mark.skipif(shutil.which("pcs") is None or shutil.which("crm") is None, reason="pcs or crmsh not installed")
 @pytest.mark.parametrize("agent", AGENT_NAMES)
-def test_pcs_and_crmsh_describe_every_installed_agent_without_a_warning(agent, installed_here):
+def test_pcs_and_crmsh_describe_every_installed_agent_without_a_warning(agent, agents_installed):
     pcs = subprocess.run(["pcs", "resource", "describe", f"ocf:tgtha:{agent}"], capture_output=True, text=True)
     assert pcs.returncode == 0 and "Warning" not in pcs.stdout + pcs.stderr, pcs.stdout + pcs.stderr
     crm = subprocess.run(["crm", "ra", "info", f"ocf:tgtha:{agent}"], capture_output=True, text=True)

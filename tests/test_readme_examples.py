@@ -67,8 +67,8 @@ def verified(cib: str) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def installed():
-    subprocess.run(["make", "-C", str(REPO), "install"], check=True, capture_output=True)
+def installed(agents_installed):
+    """The agents where crmsh, pcs and crm_verify look for them."""
 
 
 def test_the_readme_has_crm_and_pcs_examples():
