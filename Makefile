@@ -5,6 +5,7 @@
 #   make man       ocf_tgtha_<agent>(7) from each agent's metadata, in build/man
 #   make bench     latency of our agents next to the stock ones, same run
 #   make lab       the failover lab: a Pacemaker cluster in namespaces, load, failovers, report
+#   make cts       Pacemaker's Cluster Test Suite against the lab's cluster, under initiator load
 
 DESTDIR    ?=
 OCF_ROOT   ?= /usr/lib/ocf
@@ -21,10 +22,10 @@ DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-ag
                   qemu-system-x86 linux-image-amd64 open-iscsi busybox-static xfsprogs kmod cpio gcc libc6-dev \
                   udev dmsetup
 
-.PHONY: all deps test install uninstall bench clean lab man
+.PHONY: all deps test install uninstall bench clean lab man cts
 
 all:
-	@echo "targets: deps test install uninstall man bench lab"
+	@echo "targets: deps test install uninstall man bench lab cts"
 
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -65,3 +66,8 @@ clean:
 export STACK LAB_LAYOUT LAB_BLOCK LAB_TIME2WAIT LAB_INITIATOR LAB_GUESTS LAB_REPLACEMENT_TIMEOUT LAB_OUTAGE_S LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT LAB_DISKS LAB_REBOOT_DELAY_S LAB_PORTAL LAB_RESTART_GAPS LAB_PLACEHOLDER LAB_MULTIPATH
 lab: install
 	$(PYTHON) lab/lab.py
+
+# make cts CTS_ITERATIONS=30 CTS_SEED=... CTS_TESTS="..." CTS_ONCE_NODES=2 (lab/pacemaker_cts.py)
+export CTS_ITERATIONS CTS_SEED CTS_TESTS CTS_ONCE_NODES
+cts: install
+	$(PYTHON) lab/pacemaker_cts.py

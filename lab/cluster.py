@@ -69,13 +69,15 @@ class Node:
         self._boot = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--ipc", "--pid",
              "--fork", "--mount-proc", "--propagation", "private",
-             str(LAB_DIR / "nodeinit.sh"), self.name, str(self.dir), str(self.cluster.sbin_dir)],
+             str(LAB_DIR / "nodeinit.sh"), self.name, str(self.dir), str(self.cluster.sbin_dir),
+             str(self.cluster.libexec_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         if not wait_for(booted.exists, 20):
             raise RuntimeError(f"{self.name} did not boot: {(self.dir / 'init.log').read_text()[-2000:]}")
         children = Path(f"/proc/{self._boot.pid}/task/{self._boot.pid}/children").read_text().split()
         self.pid1 = int(children[0])
+        (self.dir / "pid1").write_text(f"{self.pid1}\n")     # for the CTS exerciser's ssh
         self.cluster.set_power(self.name, "on")
 
     def power_off(self) -> None:
@@ -117,17 +119,16 @@ class Node:
         """Power on, then corosync and pacemaker, as a node's boot would."""
         self.power_on()
         self.start_corosync()
-        if not wait_for(lambda: self.run("corosync-cmapctl", "-g", "totem.cluster_name",
-                                         check=False).returncode == 0, 20):
-            raise RuntimeError(f"corosync did not start on {self.name}")
         self.start_pacemaker()
 
+    # The lab's `service` (in the node's /usr/sbin) starts the stack as systemd would,
+    # for the lab and for CTS alike.
     def start_corosync(self) -> None:
-        self.spawn("corosync", "-f", log="/var/log/corosync/stdout.log")
+        if self.run("service", "corosync", "start", check=False).returncode != 0:
+            raise RuntimeError(f"corosync did not start on {self.name}")
 
     def start_pacemaker(self) -> None:
-        self.spawn("env", "PCMK_logfile=/var/log/pacemaker/pacemaker.log", "PCMK_logfacility=none",
-                   "pacemakerd", log="/var/log/pacemaker/stdout.log")
+        self.run("service", "pacemaker", "start")
 
     # ------------------------------------------------------------ inside the node
 
@@ -173,7 +174,8 @@ class Cluster:
     """Build, operate and tear down the namespace cluster."""
 
     def __init__(self, run_dir: Path, nodes: int = 2, prefix: str = "tgthalab",
-                 token_ms: int = 1000, reboot_delay_s: float = 15.0, networks: int = 1) -> None:
+                 token_ms: int = 1000, reboot_delay_s: float = 15.0, networks: int = 1,
+                 stack_at_boot: bool = True) -> None:
         self.run_dir = run_dir
         self.networks = networks        # 2: a second network (bridge br1) for a second portal per target
         self.prefix = prefix
@@ -181,7 +183,14 @@ class Cluster:
         self.client = f"{prefix}-c"
         self.token_ms = token_ms
         self.reboot_delay_s = reboot_delay_s
+        # False for CTS (its --at-boot 0): a fenced node comes back without the stack,
+        # which CTS starts itself when a test wants the node.
+        self.stack_at_boot = stack_at_boot
         self.sbin_dir = run_dir / "sbin"
+        self.libexec_dir = run_dir / "libexec"     # overlaid onto the nodes' /usr/lib/pacemaker
+        # One log per node for everything: CTS watches one file per node and needs
+        # corosync's lines in it too.
+        self.corosync_log = "/var/log/corosync/corosync.log" if stack_at_boot else "/var/log/pacemaker/pacemaker.log"
         self.fence_dir = run_dir / "fence"
         self.nodes = [Node(self, i) for i in range(1, nodes + 1)]
         self.fence_log: list[str] = []
@@ -264,7 +273,7 @@ class Cluster:
             "totem {\n    version: 2\n    cluster_name: tgthalab\n    transport: knet\n"
             "    crypto_cipher: none\n    crypto_hash: none\n"
             f"    token: {self.token_ms}\n}}\n"
-            "logging {\n    to_logfile: yes\n    logfile: /var/log/corosync/corosync.log\n"
+            f"logging {{\n    to_logfile: yes\n    logfile: {self.corosync_log}\n"
             "    to_syslog: no\n    to_stderr: no\n    timestamp: on\n}\n"
             "quorum {\n    provider: corosync_votequorum\n"
             + ("    two_node: 1\n" if len(self.nodes) == 2 else "") + "}\n"
@@ -292,7 +301,10 @@ class Cluster:
                 run(["chown", "-R", "hacluster:haclient", str(d / sub)])
             (d / "var_lib_pacemaker/cib/cib.xml").chmod(0o600)
         self.sbin_dir.mkdir(exist_ok=True)
+        self.libexec_dir.mkdir(exist_ok=True)
         self.fence_dir.mkdir(exist_ok=True)
+        shutil.copy(LAB_DIR / "service", self.sbin_dir / "service")
+        (self.sbin_dir / "service").chmod(0o755)
         (self.fence_dir / "nodes").write_text("".join(n.name + "\n" for n in self.nodes))
         agent = (LAB_DIR / "fence_tgthalab").read_text().replace("@FENCE_DIR@", str(self.fence_dir))
         (self.sbin_dir / "fence_tgthalab").write_text(agent)
@@ -325,6 +337,8 @@ class Cluster:
                 elif action in ("off", "reboot"):
                     self.node(target).power_off()
                     boot = action == "reboot"
+                    if boot:
+                        self.set_power(target, "rebooting")   # CTS's ssh waits for the node, as for a real reboot
                 elif action == "on":
                     boot = not self.node(target).powered
                 self.fence_log.append(f"{time.time():.2f} {action} {target} by {requester}: {answer}")
@@ -342,7 +356,10 @@ class Cluster:
             # groups waited for that (6 s of a 10 s power-off, measured).
             self._stopping.wait(self.reboot_delay_s)
             if not self._stopping.is_set():
-                self.node(name).boot_cluster_stack()
+                if self.stack_at_boot:
+                    self.node(name).boot_cluster_stack()
+                else:
+                    self.node(name).power_on()
         except Exception as err:  # noqa: BLE001 - reported, the lab goes on
             self.fence_log.append(f"{time.time():.2f} boot of {name} failed: {err}")
         finally:

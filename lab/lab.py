@@ -184,6 +184,8 @@ class Run:
         self.backing_store = ""
         self.failovers_done = 0
         self.failover_seconds = 0.0
+        self.extra: dict = {}                              # the job's own report (e.g. CTS's results)
+        self.extra_lines: list[str] = []                   # and its lines under the table
 
     def eta(self) -> str:
         planned = len(self.settings.scenarios) * self.settings.failovers
@@ -269,6 +271,7 @@ class Run:
             "guest_login_failures": [f"{g.name}: {f}" for g in self.fleet.guests for f in g.login_failures]
             if self.fleet else [],
             "scenarios": scenarios,
+            **self.extra,
         }
 
     def write_report(self, cluster: Cluster, interrupted: bool) -> None:
@@ -292,7 +295,10 @@ class Run:
               + f"tgtha lab report: stack={report['stack']}, {report['nodes']} nodes, {report['targets']} "
               f"targets, {report['luns']} LUNs; {report['total_io_completed']} I/Os verified, "
               f"{report['prober_attempts']} unauthenticated login attempts")
-        print(table(report))
+        if report["scenarios"] or not self.serving:
+            print(table(report))
+        if self.extra_lines:
+            print("\n".join(self.extra_lines))
         print("\n".join(["", str(out / "report.json"), str(out / "timeline.png"), *gantts]), flush=True)
 
 
@@ -342,9 +348,31 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
     return fleet
 
 
+class FailoverScenarios:
+    """The lab's main job: each scenario's failovers under load, one after another."""
+
+    stack_at_boot = True        # a fenced node boots into the cluster, as a real one would
+
+    def describe(self, settings: Settings) -> str:
+        planned = len(settings.scenarios) * settings.failovers
+        return (f"{settings.failovers} failovers of {', '.join(settings.scenarios)} "
+                f"(at most {planned * failover_bound_s(settings) / 60:.0f} min for the failovers)")
+
+    def prepare(self, cluster: Cluster) -> None:
+        pass
+
+    def work(self, settings: Settings, cluster: Cluster, lab: Lab, run: "Run") -> None:
+        for scenario in settings.scenarios:
+            run.scenario(lab, scenario)
+
+
 def main() -> int:
-    settings = Settings()
-    progress = Progress()
+    return run_lab(Settings(), Progress(), FailoverScenarios())
+
+
+def run_lab(settings: Settings, progress: Progress, job) -> int:
+    """Cluster up, targets configured, initiators writing and verifying, then ``job``'s
+    work (failover scenarios, or CTS), a report, and everything torn down."""
     if os.geteuid() != 0:
         raise SystemExit("lab: needs root (namespaces, iptables)")
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +385,8 @@ def main() -> int:
     run_dir = settings.out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     cluster = Cluster(run_dir, settings.nodes, settings.prefix, reboot_delay_s=settings.reboot_delay_s,
-                      networks=2 if settings.multipath else 1, token_ms=settings.token_ms)
+                      networks=2 if settings.multipath else 1, token_ms=settings.token_ms,
+                      stack_at_boot=job.stack_at_boot)
     disks = SharedDisks(settings.prefix, settings.disks, settings.targets * settings.luns * LUN_SIZE)
     run = Run(settings, progress)
     run.backing_store = disks.describe()
@@ -384,14 +413,12 @@ def main() -> int:
                             node_action_limit=settings.node_action_limit)
         for node in cluster.nodes:
             node.static_addresses = topology.static_addresses(node.name)
-        planned = len(settings.scenarios) * settings.failovers
         progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout} "
                  f"portal={settings.portal}{'' if settings.placeholder else ' (no placeholder target)'}"
                  f"{' multipath' if settings.multipath else ''} "
                  f"initiator={settings.initiator}: {settings.nodes} nodes, "
-                 f"{settings.targets} targets x {settings.luns} LUNs, {settings.failovers} failovers "
-                 f"of {', '.join(settings.scenarios)} (at most {planned * failover_bound_s(settings) / 60:.0f} "
-                 "min for the failovers)")
+                 f"{settings.targets} targets x {settings.luns} LUNs; {job.describe(settings)}")
+        job.prepare(cluster)
         cluster.up()
         progress(f"cluster up: {', '.join(node_names)} online, fencing by fence_tgthalab")
         configure(cluster, topology, settings.config_tool, run_dir)
@@ -440,8 +467,8 @@ def main() -> int:
         run.serving = len(run.idle) < len(run.initiators)
         if not run.serving:
             progress("no initiator completed a single I/O: nothing to fail over")
-        for scenario in settings.scenarios if run.serving else []:
-            run.scenario(lab, scenario)
+        if run.serving:
+            job.work(settings, cluster, lab, run)
         run.write_report(cluster, interrupted=False)
         return 0
     except KeyboardInterrupt:
