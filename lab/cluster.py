@@ -10,7 +10,6 @@ The initiators live in a client namespace on the same bridge.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -139,11 +138,6 @@ class Node:
 
     def run(self, *argv: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return run(self.argv(*argv), check=check, timeout=timeout, **kw)
-
-    def spawn(self, *argv: str, log: str) -> None:
-        """A daemon of the node, detached so that the node's tini adopts it."""
-        command = " ".join(shlex.quote(a) for a in argv)
-        self.run("sh", "-c", f"setsid -f {command} </dev/null >>{log} 2>&1")
 
     def pids(self, comm: str) -> list[int]:
         """Host pids of the node's processes named ``comm``."""
