@@ -334,7 +334,7 @@ def summary_line(figures: dict) -> str:
             f"({figures['mode']}, {figures['nodes']} nodes, seed {figures['seed']}, {figures['seconds'] / 60:.1f} min); "
             f"BadNews {len(figures['badnews'])}" + (f" (+{allowed} allowed)" if allowed else "")
             + f", audit failures {len(figures['audit_failures'])}"
-            + (f" (+{allowed_audits} allowed)" if allowed_audits else "") + "; initiators: {i['io_completed']} I/Os verified, "
+            + (f" (+{allowed_audits} allowed)" if allowed_audits else "") + f"; initiators: {i['io_completed']} I/Os verified, "
             f"I/O errors {i['io_errors']}, mismatches {i['mismatches']}, unauthenticated logins "
             f"{i['unauth_logins']} of {i['unauth_attempts']}, longest pause {i['longest_pause_s']} s")
 

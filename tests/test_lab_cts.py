@@ -105,6 +105,16 @@ def parsed_with_log(output: str, debug_log: str) -> pacemaker_cts.CtsResult:
     return pacemaker_cts.parse_output(output, result, debug_log)
 
 
+def test_the_summary_line_says_what_cts_and_the_initiators_saw():
+    figures = parsed_with_log(CLEAN_RUN + STALE_AUDIT, KILLED_FENCED).as_dict()
+    figures["initiators"] = {"io_completed": 1234, "io_errors": 0, "mismatches": 0, "unauth_logins": 0,
+                             "unauth_attempts": 56, "longest_pause_s": 7.5, "longest_pause_lun": "t1/lun1"}
+    assert pacemaker_cts.summary_line(figures) == (
+        "CTS: 2 passed, 0 failed (once, 2 nodes, seed 1, 0.0 min); BadNews 0, audit failures 0 (+1 allowed); "
+        "initiators: 1234 I/Os verified, I/O errors 0, mismatches 0, unauthenticated logins 0 of 56, "
+        "longest pause 7.5 s")
+
+
 def test_longest_pause_counts_the_edges_of_the_window():
     assert pacemaker_cts.longest_pause([11.0, 12.0, 20.0], 10.0, 21.0) == 8.0
     assert pacemaker_cts.longest_pause([], 10.0, 21.0) == 11.0
