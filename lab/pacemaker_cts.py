@@ -219,8 +219,8 @@ class Exerciser:
         self.hosts.write_text("127.0.0.1 localhost\n" + f"{EXERCISER_IP} {EXERCISER_NAME}\n"
                               + "".join(f"{n.ip} {n.name}\n" for n in self.cluster.nodes))
 
-    def run(self, nodes: list[str], mode: str, seed: int, iterations: int = 0, tests: tuple[str, ...] = (),
-            timeout_s: float = 3600) -> CtsResult:
+    def run(self, nodes: list[str], mode: str, seed: int, iterations: int, tests: tuple[str, ...],
+            timeout_s: float) -> CtsResult:
         """One CTS run: ``mode`` "once" (every test CTS offers for these nodes) or "random"
         (``iterations`` tests chosen by ``seed``, among ``tests`` if any are named). Its output
         goes to ``out/cts-*.out``, its debug log to ``out/cts-*.log``."""
@@ -262,6 +262,15 @@ class Exerciser:
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
 
+def initiator_counts(run) -> dict[str, int]:
+    """What the lab's initiators and prober have seen so far."""
+    prober = run.prober
+    return {"io_errors": sum(len(i.log.errors) for i in run.initiators),
+            "mismatches": sum(len(i.log.mismatches) for i in run.initiators),
+            "unauth_logins": len(prober.successes) if prober else 0,
+            "unauth_attempts": len(prober.attempts) if prober else 0}
+
+
 def longest_pause(completions: list[float], start: float, end: float) -> float:
     """The longest time without a completed I/O between ``start`` and ``end``."""
     marks = [start, *[t for t in completions if start < t < end], end]
@@ -291,38 +300,34 @@ class CtsJob:
         prepare_nodes(cluster, self.build_dir)
 
     def work(self, settings, cluster: Cluster, lab, run) -> None:
+        run.extra["cts"] = self.results          # filled run by run: an interrupted make cts reports them
         exerciser = Exerciser(cluster, self.build_dir, settings.out)
         exerciser.up()
         try:
             for mode, iterations in self.runs:
                 self.progress(f"CTS on {settings.nodes} nodes: "
                               + ("every test once" if mode == "once" else f"{iterations} random tests, seed {self.seed}"))
-                began = time.monotonic()
-                errors_before = sum(len(i.log.errors) for i in run.initiators)
-                mismatches_before = sum(len(i.log.mismatches) for i in run.initiators)
-                logins_before = len(run.prober.successes) if run.prober else 0
-                attempts_before = len(run.prober.attempts) if run.prober else 0
+                began, before = time.monotonic(), initiator_counts(run)
+                # A bound, so that a cluster CTS waits on for ever still ends in a report:
+                # a test takes 10-130 s here, CTS's own waits are 300 s at most.
+                bound_s = 900 + 300 * (iterations or 16)
                 result = exerciser.run([n.name for n in cluster.nodes], mode, self.seed, iterations,
-                                       () if mode == "once" else self.tests)
-                ended = time.monotonic()
+                                       () if mode == "once" else self.tests, timeout_s=bound_s)
+                ended, after = time.monotonic(), initiator_counts(run)
                 figures = result.as_dict()
                 pauses = {i.lun.name: longest_pause(i.log.completions, began, ended) for i in run.initiators}
                 worst = max(pauses, key=pauses.get) if pauses else None
                 figures["initiators"] = {
-                    "io_errors": sum(len(i.log.errors) for i in run.initiators) - errors_before,
-                    "mismatches": sum(len(i.log.mismatches) for i in run.initiators) - mismatches_before,
-                    "unauth_logins": (len(run.prober.successes) if run.prober else 0) - logins_before,
-                    "unauth_attempts": (len(run.prober.attempts) if run.prober else 0) - attempts_before,
+                    **{name: after[name] - before[name] for name in after},
                     "io_completed": sum(1 for i in run.initiators for t in i.log.completions if began < t < ended),
                     "longest_pause_s": round(pauses[worst], 1) if worst else None,
                     "longest_pause_lun": worst,
                 }
                 self.results.append(figures)
+                run.extra_lines.append(summary_line(figures))
                 self.progress(summary_line(figures))
         finally:
             exerciser.down()
-        run.extra["cts"] = self.results
-        run.extra_lines += [summary_line(figures) for figures in self.results]
 
 
 def summary_line(figures: dict) -> str:
