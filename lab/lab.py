@@ -27,6 +27,7 @@ LAB_PORTAL=vip|static (static: the portal addresses are the nodes' own, targets
 pinned, scenarios restart and kill-tgtd, see topology.py)
 LAB_PLACEHOLDER=1 (0: tgtd agent's placeholder_target=false, the negative control
 of the static portal's empty-tgtd window)
+LAB_WATCH_EXIT=1 (0: tgtd agent's watch_exit=false, a dead tgtd seen by its monitor alone)
 LAB_MULTIPATH=0 (1: a second network and a second portal per target, the guests on
 both, dm-multipath with no_path_retry queue in them; LAB_REPLACEMENT_TIMEOUT then
 defaults to 5 s, the low end of open-iscsi's advice for dm-multipath)
@@ -65,6 +66,7 @@ class Settings:
         self.scenarios = [s for s in (env.get("LAB_SCENARIOS") or ",".join(defaults)).split(",") if s]
         self.restart_gaps_s = [float(g) for g in (env.get("LAB_RESTART_GAPS") or "0,10").split(",") if g]
         self.placeholder = (env.get("LAB_PLACEHOLDER") or "1") != "0"
+        self.watch_exit = (env.get("LAB_WATCH_EXIT") or "1") != "0"
         self.stack = env.get("STACK") or "tgtha"
         self.config_tool = env.get("LAB_CONFIG") or "crm"
         self.out = Path(env.get("LAB_OUT") or "lab-out").resolve()
@@ -245,6 +247,7 @@ class Run:
             "multipath": settings.multipath,
             "replacement_timeout_s": settings.replacement_timeout_s if self.fleet else None,
             "placeholder_target": settings.placeholder if settings.stack == "tgtha" else None,
+            "watch_exit": settings.watch_exit if settings.stack == "tgtha" else None,
             "interrupted": interrupted,
             "nodes": settings.nodes,
             "targets": settings.targets,
@@ -408,13 +411,15 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
                             layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
                             initiator_addresses=initiator_addresses,
                             target_parameters=f"DefaultTime2Wait={settings.time2wait}" if settings.time2wait else "",
-                            portal=settings.portal, placeholder=settings.placeholder, multipath=settings.multipath,
+                            portal=settings.portal, placeholder=settings.placeholder,
+                            watch_exit=settings.watch_exit, multipath=settings.multipath,
                             monitor_s=settings.monitor_s, tgtd_monitor_s=settings.tgtd_monitor_s,
                             node_action_limit=settings.node_action_limit)
         for node in cluster.nodes:
             node.static_addresses = topology.static_addresses(node.name)
         progress(f"stack={settings.stack} config={settings.config_tool} layout={settings.layout} "
                  f"portal={settings.portal}{'' if settings.placeholder else ' (no placeholder target)'}"
+                 f"{'' if settings.watch_exit else ' (no tgtd exit watcher)'}"
                  f"{' multipath' if settings.multipath else ''} "
                  f"initiator={settings.initiator}: {settings.nodes} nodes, "
                  f"{settings.targets} targets x {settings.luns} LUNs; {job.describe(settings)}")

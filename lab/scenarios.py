@@ -340,9 +340,11 @@ def kill_tgtd(lab: Lab, number: int) -> Failover:
             os.kill(pid, signal.SIGKILL)
 
     def injected(failure: dict[str, str]) -> bool:
-        # The kill itself, as whichever monitor on that node saw it first (tgtd's,
-        # a target's, the account's); a failed start or stop is never this.
-        return failure.get("node") == victim and "_monitor_" in failure.get("op_key", "")
+        # The kill itself, as tgtd's exit watcher reported it (asyncmon) or whichever
+        # monitor on that node saw it first (tgtd's, a target's, the account's); a
+        # failed start or stop is never this.
+        op_key = failure.get("op_key", "")
+        return failure.get("node") == victim and ("_monitor_" in op_key or "_asyncmon_" in op_key)
 
     return lab.failover("kill-tgtd", number, f"kill -9 tgtd on {victim} ({len(groups)} groups)", do,
                         groups, injected=injected, victim=victim)

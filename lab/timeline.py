@@ -3,7 +3,8 @@
 pacemaker-controld logs every executed operation's result ("Result of stop
 operation for p_block_t1 on node1: ok"), and a lost node ("Node node1 state is
 now lost"), with millisecond timestamps. From those, per failover: when the
-cluster noticed (detection: the first failed monitor, or the node lost), the
+cluster noticed (detection: the first failed monitor or reported failure, or
+the node lost), the
 first stop of an affected resource on the old node, and the last unblock on the
 new one. ``cluster_s`` is first stop (or detection) to last unblock: the time
 the agents and Pacemaker took, apart from what the initiators add.
@@ -24,6 +25,9 @@ from pathlib import Path
 _STAMP = re.compile(r"^(\w{3} \d{1,2} \d\d:\d\d:\d\d)(\.\d+)? ")
 _RESULT = re.compile(r"Result of (\w+) operation for (\S+) on (\S+): (.+?)(?: \||$)")
 _LOST = re.compile(r"Node (\S+) state is now lost")
+# A failed monitor, or a failure reported with crm_resource --fail (the tgtd agent's
+# exit watcher): Pacemaker records that as an "asyncmon" operation.
+DETECTING = ("monitor", "asyncmon")
 
 
 @dataclass
@@ -93,14 +97,16 @@ def cluster_side(events: list[Event], started: float, members: set[str], unblock
     def offset(event: Event | None) -> float | None:
         return None if event is None else round(event.at - started, 3)
 
-    detection = next((e for e in events if e.node == victim
-                      and (e.kind == "lost" or (e.kind == "monitor" and e.failed))), None)
+    detecting = [e for e in events if e.node == victim and (e.kind == "lost" or (e.kind in DETECTING and e.failed))]
+    detection = detecting[0] if detecting else None
     first_stop = next((e for e in events if e.kind == "stop" and e.resource in members), None)
     unblocked = {e.resource: e for e in events if e.kind == "start" and e.resource in unblocks and e.ok}
     last_unblock = max(unblocked.values(), key=lambda e: e.at) if len(unblocked) == len(unblocks) else None
     begin = min((e for e in (first_stop, detection) if e is not None), key=lambda e: e.at, default=None)
     return {
         "detection_s": offset(detection),
+        # every way the failure was seen, first first: "asyncmon" is tgtd's exit watcher
+        "detected_by": list(dict.fromkeys(e.kind for e in detecting)),
         "first_stop_s": offset(first_stop),
         "last_unblock_s": offset(last_unblock),
         "cluster_s": None if last_unblock is None or begin is None

@@ -95,6 +95,7 @@ class Topology:
     target_parameters: str = ""     # iSCSITarget additional_parameters (e.g. DefaultTime2Wait=0)
     portal: str = "vip"             # "vip" or "static", see the module docstring
     placeholder: bool = True        # tgtha tgtd's placeholder_target (false: the negative control)
+    watch_exit: bool = True         # tgtha tgtd's watch_exit (false: detection by the monitor alone)
     multipath: bool = False         # a second portal per target, on the second network
     # Every target resource's monitor interval. Each monitor is a process of ~20 ms
     # of CPU; with 24 targets x 8 resources, 10 s is ~0.5 of a core on monitors.
@@ -115,6 +116,8 @@ class Topology:
             params = {"log_file": "/var/log/pacemaker/tgtd.log"}
             if not self.placeholder:
                 params["placeholder_target"] = "false"
+            if not self.watch_exit:
+                params["watch_exit"] = "false"
             tgtd = Primitive("p_tgtd", "ocf:tgtha:tgtd", params, tgtd_ops)
         else:
             tgtd = Primitive("p_tgtd", "lsb:tgt", {}, {**tgtd_ops,

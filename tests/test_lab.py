@@ -86,6 +86,10 @@ def test_every_failover_is_a_pause_never_an_error(tmp_path, report):
     # The node really was powered off and fenced back on, and tgtd really died.
     assert any("reboot" in line or "off" in line for line in lab["fence_log"])
     assert pauses["kill-tgtd"]["injected_failures"] >= 2
+    # Each death was reported by tgtd's exit watcher (crm_resource --fail: "asyncmon"),
+    # whether or not tgtd's 1 s monitor also saw it.
+    for failover in pauses["kill-tgtd"]["details"]:
+        assert "asyncmon" in failover["cluster"]["detected_by"], failover["cluster"]
     for s in lab["scenarios"]:
         for failover in s["details"]:
             # The cluster side, read from Pacemaker's logs, is there and inside the pause.

@@ -45,3 +45,24 @@ def test_minutes_are_read_and_an_unseen_start_is_derived_from_the_time(tmp_path)
     lun = spans(tmp_path)["p_lun_t1_1"]
     assert (lun.took_s, lun.queued_s) == (150.0, 1.5)
     assert lun.began == spans(tmp_path)["p_target_t13"].began + 7    # 13:39:00 less 2m30s
+
+
+DETECTION = """\
+{d} 13:36:22.100 node1 pacemaker-controld  [72] (log_executor_event) 	notice: Result of monitor operation for p_tgtd on node1: Cancelled | call=98 key=p_tgtd_monitor_1000
+{d} 13:36:22.916 node1 pacemaker-controld  [72] (log_executor_event) 	notice: Result of asyncmon operation for p_tgtd on node1: error (Simulated failure) | CIB update 95, graph action unconfirmed; call=99 key=p_tgtd_asyncmon_0 rc=1
+{d} 13:36:23.100 node1 pacemaker-controld  [72] (log_executor_event) 	notice: Result of stop operation for p_unblock_t1 on node1: ok | CIB update 96, graph action confirmed; call=111 key=p_unblock_t1_stop_0 rc=0
+{d} 13:36:24.500 node1 pacemaker-controld  [72] (log_executor_event) 	notice: Result of start operation for p_unblock_t1 on node1: ok | CIB update 99, graph action confirmed; call=120 key=p_unblock_t1_start_0 rc=0
+"""
+
+
+def test_a_failure_reported_by_crm_resource_fail_is_the_detection(tmp_path):
+    """tgtd's exit watcher reports with crm_resource --fail, which Pacemaker 2.1.5 logs as an
+    asyncmon result (line as logged in the lab); a cancelled monitor is no detection."""
+    day = time.strftime("%b %d")
+    log = tmp_path / "pacemaker.log"
+    log.write_text(DETECTION.format(d=day))
+    started = time.mktime(time.strptime(f"{time.localtime().tm_year} {day} 13:36:22", "%Y %b %d %H:%M:%S"))
+    events = timeline.read_events([log], started)
+    side = timeline.cluster_side(events, started, {"p_unblock_t1"}, {"p_unblock_t1"}, "node1")
+    assert side == {"detection_s": 0.916, "detected_by": ["asyncmon"], "first_stop_s": 1.1,
+                    "last_unblock_s": 2.5, "cluster_s": 1.584}

@@ -344,3 +344,163 @@ def _wait(condition, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+# ------------------------------------------------------------ the exit watcher
+#
+# The watcher's process life (spawned beside tgtd, woken by its exit, ended by
+# stop, made again by a monitor) with the real tgtd. Pacemaker's side (the
+# failure reported with crm_resource --fail, the recovery it starts) is proven
+# in the lab's kill-tgtd scenario with a real cluster; here crm_mon and
+# crm_resource are stand-ins that answer with crm_mon 2.1.5's own output
+# (captured from the lab) and record how they were called.
+
+def _crm_mon_xml(managed: str, node_name: str = "node1") -> str:
+    """crm_mon --output-as=xml of 2.1.5, cut to what the watcher reads: the tgtd clone's
+    instance on ``node_name`` with crm_mon's managed flag (false in maintenance of the
+    cluster, of the node or of the resource, and when unmanaged)."""
+    return f"""<pacemaker-result api-version="2.25" request="crm_mon -1 --output-as=xml">
+  <resources>
+    <clone id="cl_tgtd" multi_state="false" unique="false" managed="true" disabled="false" failed="false" failure_ignored="false">
+      <resource id="p_tgtd" resource_agent="ocf:tgtha:tgtd" role="Started" active="true" orphaned="false" blocked="false" managed="{managed}" failed="false" failure_ignored="false" nodes_running_on="1">
+        <node name="{node_name}" id="1" cached="true"/>
+      </resource>
+      <resource id="p_tgtd" resource_agent="ocf:tgtha:tgtd" role="Started" active="true" orphaned="false" blocked="false" managed="true" failed="false" failure_ignored="false" nodes_running_on="1">
+        <node name="other" id="2" cached="true"/>
+      </resource>
+    </clone>
+  </resources>
+  <status code="0" message="OK"/>
+</pacemaker-result>
+"""
+
+
+class Pacemaker:
+    """crm_mon and crm_resource stand-ins on PATH: what the watcher asked, what it was told."""
+
+    def __init__(self, tmp_path: Path, managed: str = "true") -> None:
+        self.dir = tmp_path / "pacemaker-tools"
+        self.dir.mkdir()
+        self.calls = self.dir / "calls"
+        self.log = tmp_path / "ha.log"
+        (self.dir / "crm_mon.xml").write_text(_crm_mon_xml(managed))
+        for tool, body in (("crm_mon", f'cat "{self.dir}/crm_mon.xml"'), ("crm_resource", "true")):
+            script = self.dir / tool
+            script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{self.calls}"\n{body}\n')
+            script.chmod(0o755)
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": f"{self.dir}:/usr/sbin:/usr/bin:/sbin:/bin", "HA_LOGFILE": str(self.log)}
+
+    def asked(self) -> list[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+_watched_netns: set[int] = set()     # the test nodes' network namespaces (a lab may run beside)
+
+
+def _watcher_pids() -> list[int]:
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            netns = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+        if netns in _watched_netns and "tgtha.tgtd_watch" in _cmdline(pid):
+            found.append(int(pid))
+    return found
+
+
+def _in_cluster(node: Node, pacemaker: Pacemaker, action: str, **params: str) -> AgentRun:
+    """An action as pacemaker-execd runs it: with the node's name."""
+    _watched_netns.add(os.stat(f"/run/netns/{node.ns.name}").st_ino)
+    return run_agent("tgtd", action, {**node.params, **params}, ns=node.ns, state=node.state,
+                     instance="p_tgtd", meta={"on_node": "node1", "interval": "1000"}, env=pacemaker.env())
+
+
+@pytest.fixture
+def no_watchers_left():
+    before = set(_watcher_pids())
+    yield
+    _wait(lambda: set(_watcher_pids()) <= before, 5)
+    assert set(_watcher_pids()) <= before
+
+
+def test_a_killed_tgtd_is_reported_to_pacemaker_at_once(node, tmp_path, no_watchers_left):
+    pacemaker = Pacemaker(tmp_path)
+    assert _in_cluster(node, pacemaker, "start").rc == 0
+    [watcher] = _watcher_pids()
+    # It holds nothing of the agent's (pacemaker-execd waits for the end of its pipes).
+    assert sorted(os.listdir(f"/proc/{watcher}/fd")) == ["0", "1", "2", "3"]
+    assert pacemaker.asked() == []
+    [tgtd] = node.pids()
+    os.kill(tgtd, signal.SIGKILL)
+    began = time.monotonic()
+    _wait(lambda: any(call.startswith("crm_resource") for call in pacemaker.asked()), 5)
+    took = time.monotonic() - began
+    assert pacemaker.asked() == ["crm_mon --one-shot --output-as=xml",
+                                 "crm_resource --fail --resource p_tgtd --node node1"]
+    assert took < 1.5, took          # the stand-ins' time; the lab measures it with Pacemaker
+    assert f"tgtd (pid {tgtd}) exited unexpectedly: reported to Pacemaker" in pacemaker.log.read_text()
+    _wait(lambda: not _watcher_pids(), 5)
+    assert _in_cluster(node, pacemaker, "stop").rc == 0 and node.leftovers() == []
+
+
+def test_nothing_is_reported_while_the_resource_is_in_maintenance_or_unmanaged(node, tmp_path, no_watchers_left):
+    """maintenance-mode, node maintenance, resource maintenance, is-managed=false: crm_mon 2.1.5
+    shows each as managed="false" on the instance (captured in the lab); Pacemaker runs no
+    monitor in maintenance, and a failure recorded then would restart the node's targets
+    when maintenance ends."""
+    pacemaker = Pacemaker(tmp_path, managed="false")
+    assert _in_cluster(node, pacemaker, "start").rc == 0
+    [tgtd] = node.pids()
+    os.kill(tgtd, signal.SIGKILL)
+    _wait(lambda: not _watcher_pids(), 5)
+    assert pacemaker.asked() == ["crm_mon --one-shot --output-as=xml"]
+    assert "not managed on node1" in pacemaker.log.read_text()
+    assert _in_cluster(node, pacemaker, "stop").rc == 0
+
+
+def test_a_stop_ends_the_watcher_first_and_reports_nothing(node, tmp_path, no_watchers_left):
+    pacemaker = Pacemaker(tmp_path)
+    assert _in_cluster(node, pacemaker, "start").rc == 0
+    assert len(_watcher_pids()) == 1
+    assert _in_cluster(node, pacemaker, "stop").rc == 0
+    assert node.pids() == [] and _watcher_pids() == []
+    time.sleep(0.3)
+    assert pacemaker.asked() == []
+
+
+def test_a_monitor_brings_back_a_missing_watcher_and_a_restart_watches_the_new_tgtd(node, tmp_path,
+                                                                                   no_watchers_left):
+    pacemaker = Pacemaker(tmp_path)
+    assert _in_cluster(node, pacemaker, "start").rc == 0
+    [first] = _watcher_pids()
+    assert _in_cluster(node, pacemaker, "monitor").rc == 0
+    assert _watcher_pids() == [first]                        # one is enough
+    os.kill(first, signal.SIGKILL)
+    _wait(lambda: not _watcher_pids(), 5)
+    assert _in_cluster(node, pacemaker, "monitor").rc == 0
+    [second] = _watcher_pids()
+    assert second != first
+    # A probe (interval 0) only looks.
+    os.kill(second, signal.SIGKILL)
+    _wait(lambda: not _watcher_pids(), 5)
+    probe = run_agent("tgtd", "monitor", node.params, ns=node.ns, state=node.state, instance="p_tgtd",
+                      meta={"on_node": "node1", "interval": "0"}, env=pacemaker.env())
+    assert probe.rc == 0 and _watcher_pids() == []
+    assert pacemaker.asked() == []
+    assert _in_cluster(node, pacemaker, "stop").rc == 0
+
+
+def test_no_watcher_outside_pacemaker_or_when_switched_off(node, tmp_path, no_watchers_left):
+    pacemaker = Pacemaker(tmp_path)
+    _watched_netns.add(os.stat(f"/run/netns/{node.ns.name}").st_ino)
+    assert node.tgtd("start").rc == 0                       # no node name: ocf-tester, by hand
+    assert _watcher_pids() == []
+    assert node.tgtd("stop").rc == 0
+    assert _in_cluster(node, pacemaker, "start", watch_exit="false").rc == 0
+    assert _in_cluster(node, pacemaker, "monitor", watch_exit="false").rc == 0
+    assert _watcher_pids() == []
+    assert _in_cluster(node, pacemaker, "stop", watch_exit="false").rc == 0
+    assert node.tgtd("validate-all", watch_exit="maybe").rc == 6

@@ -51,6 +51,7 @@ class TgtdAgent(ocf.Agent):
         "tgtd_options": "",
         "log_file": "",
         "placeholder_target": "true",
+        "watch_exit": "true",
     }
 
     # ------------------------------------------------------------ parameters
@@ -98,6 +99,10 @@ class TgtdAgent(ocf.Agent):
     def placeholder_target(self) -> bool:
         return ocf.boolean("placeholder_target", self.param("placeholder_target"))
 
+    @property
+    def watch_exit(self) -> bool:
+        return ocf.boolean("watch_exit", self.param("watch_exit"))
+
     # ------------------------------------------------------------ derived state
 
     @property
@@ -125,7 +130,7 @@ class TgtdAgent(ocf.Agent):
     # ---------------------------------------------------------------- actions
 
     def validate_all(self) -> int:
-        self.binary, self.control_port, self.tgtd_options, self.placeholder_target
+        self.binary, self.control_port, self.tgtd_options, self.placeholder_target, self.watch_exit
         log_dir = os.path.dirname(self.log_file)
         if not os.path.isdir(log_dir):
             raise OCFError(ERR_INSTALLED, f"log_file: directory {log_dir} does not exist on this node")
@@ -151,6 +156,8 @@ class TgtdAgent(ocf.Agent):
                 # answer) is not worth a restart of every target on the node; the next
                 # monitor tries again.
                 ocf.log_warning(f"the placeholder target could not be made again: {err}")
+        if not self.is_probe:
+            self._ensure_watcher()
         return ocf.SUCCESS
 
     def start(self) -> int:
@@ -165,10 +172,13 @@ class TgtdAgent(ocf.Agent):
         except BaseException:
             self._kill(child)
             raise
+        self._ensure_watcher()
         return ocf.SUCCESS
 
     def stop(self) -> int:
         self.control_port  # a bad one: nothing can have been started (ocf_runtime answers 0)
+        from .tgtd_watch import end
+        end(self.control_port)      # a tgtd stopped on purpose is no failure to report
         pid = self.holder_pid()
         if pid is None:
             self._remove_leftovers()
@@ -203,6 +213,7 @@ class TgtdAgent(ocf.Agent):
             raise OCFError(ERR_GENERIC, f"a tgtd (pid {self.holder_pid()}) holds control port "
                                         f"{self.control_port} but does not serve it: {err}") from None
         ocf.log_info(f"tgtd (pid {self.holder_pid()}) already runs on control port {self.control_port}: adopted")
+        self._ensure_watcher()
         return ocf.SUCCESS
 
     def _spawn(self) -> int:
@@ -258,6 +269,20 @@ class TgtdAgent(ocf.Agent):
         ctl.create_target(PLACEHOLDER_TID, PLACEHOLDER_IQN)
         ocf.log_info(f"placeholder target {PLACEHOLDER_IQN} (tid {PLACEHOLDER_TID}) made: tgtd answers "
                      "logins to absent targets \"target not found\" instead of closing them")
+
+    def _ensure_watcher(self) -> None:
+        """The exit watcher (tgtd_watch) of the running tgtd, when Pacemaker runs this
+        action (it passes the node's name) and watch_exit is on."""
+        node = self.meta("on_node")
+        if not (node and self.watch_exit):
+            return
+        from . import tgtd_watch
+        tgtd = self.holder_pid()
+        if not tgtd:
+            return  # none, or in another pid namespace: nothing this node can watch
+        watched = tgtd_watch.watching(self.control_port)
+        if watched is None or watched[1] != tgtd:
+            tgtd_watch.spawn(self.control_port, tgtd, self.resource_name, node)
 
     def _kill(self, child: int) -> None:
         """A failed start leaves no tgtd of its own behind."""
