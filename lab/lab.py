@@ -46,7 +46,7 @@ from pathlib import Path
 from cluster import CLIENT_IP, SUBNET, SUBNET2, Cluster, wait_for
 from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
-from report import pause_figures, representative, summarize, table, write_gantt, write_json, write_timeline
+from report import pause_figures, representative, summarize, table, worst, write_gantt, write_json, write_timeline
 from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, STATIC_PORTAL_SCENARIOS, Failover, Lab
 from topology import CHAP_USER, Target, Topology
 
@@ -289,10 +289,10 @@ class Run:
                        [r for records in self.results.values() for r in records])
         gantts = []
         for scenario, records in self.results.items():
-            chosen = representative(records)
-            if chosen is not None:
-                write_gantt(out / f"gantt-{scenario}.png", chosen)
-                gantts.append(str(out / f"gantt-{scenario}.png"))
+            for suffix, chosen in (("", representative(records)), ("-worst", worst(records))):
+                if chosen is not None:
+                    write_gantt(out / f"gantt-{scenario}{suffix}.png", chosen)
+                    gantts.append(str(out / f"gantt-{scenario}{suffix}.png"))
         print()
         print(("INTERRUPTED: what completed. " if interrupted else "")
               + f"tgtha lab report: stack={report['stack']}, {report['nodes']} nodes, {report['targets']} "

@@ -240,6 +240,12 @@ def representative(failovers: list[Failover]) -> Failover | None:
     return settled[len(settled) // 2] if settled else None
 
 
+def worst(failovers: list[Failover]) -> Failover | None:
+    """The failover with the scenario's longest pause (settled ones only): what its p99 is made of."""
+    settled = [f for f in failovers if f.settled_s is not None and f.pauses and f.actions]
+    return max(settled, key=lambda f: max(f.pauses.values()), default=None)
+
+
 def write_gantt(path: Path, failover: Failover) -> None:
     """One failover as a Gantt chart: every agent action (bars per resource and
     node), the gaps between them (Pacemaker's own time), and each initiator's pause."""

@@ -2,12 +2,16 @@
 """Several lab runs side by side: median and worst of each scenario's figures, and drift.
 
     lab/runs.py LAB_OUT_DIR [LAB_OUT_DIR ...]
+    lab/runs.py --gantt SCENARIO median|worst OUT.png LAB_OUT_DIR
 
 Reads each run's report.json and prints a Markdown table (the one in README):
 per scenario, over the runs, the median and the worst of pause p50/p99/max and
 of the cluster side, with the error counts summed. "drift" compares the mean
 pause of the first and the last third of each run's failovers: a lab whose
 pauses grow over a run shows a ratio well above 1.
+
+--gantt draws one failover of a finished run again from its report.json, as
+the lab draws it (README's before/after pictures come from two runs' reports).
 """
 from __future__ import annotations
 
@@ -57,5 +61,25 @@ def main(directories: list[str]) -> int:
     return 0
 
 
+def gantt(scenario: str, which: str, path: str, directory: str) -> int:
+    from report import representative, worst, write_gantt
+    from scenarios import Failover
+
+    report = json.loads((Path(directory) / "report.json").read_text())
+    details = next(s for s in report["scenarios"] if s["name"] == scenario)["details"]
+    failovers = [Failover(scenario, number, d["action"], 0.0, settled_s=d["settled_s"], pauses=d["pauses_s"],
+                          cluster=d["cluster"], actions=d["actions"],
+                          pause_spans={k: tuple(v) for k, v in d["pause_spans_s"].items()})
+                 for number, d in enumerate(details, 1)]
+    chosen = {"median": representative, "worst": worst}[which](failovers)
+    if chosen is None:
+        return f"no settled failover of {scenario} in {directory}"
+    write_gantt(Path(path), chosen)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]) if len(sys.argv) > 1 else "usage: lab/runs.py LAB_OUT_DIR ...")
+    if sys.argv[1:2] == ["--gantt"] and len(sys.argv) == 6:
+        sys.exit(gantt(*sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-")
+             else "usage: lab/runs.py LAB_OUT_DIR ... | --gantt SCENARIO median|worst OUT.png LAB_OUT_DIR")
