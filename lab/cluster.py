@@ -445,10 +445,23 @@ class Cluster:
         return [] if status is None else [dict(f.attrib) for f in status.iter("failure")]
 
     def settled(self) -> bool:
-        """No transition pending (crm_resource --wait's notion), asked of any live node."""
+        """No transition pending (crm_resource --wait's notion) and the DC's controller
+        idle, asked of any live node. crm_resource --wait sees the scheduler's plan
+        carried out, not the controller's graph complete: a recovery's last action, the
+        first result of a recurring monitor, can still be unconfirmed. A kill -9 of
+        tgtd in that moment was planned at once but waited 1 s (the next monitor
+        result) for the previous transition to end (seen in the lab)."""
         try:
-            return self.any_node().run("crm_resource", "--wait", "--timeout=1s", check=False,
-                                       timeout=20).returncode == 0
+            node = self.any_node()
+            if node.run("crm_resource", "--wait", "--timeout=1s", check=False, timeout=20).returncode != 0:
+                return False
+            # crmadmin 2.1.5 writes its --quiet answers to stderr
+            lookup = node.run("crmadmin", "--dc_lookup", "--quiet", check=False, timeout=10)
+            dc = (lookup.stdout + lookup.stderr).strip()
+            if lookup.returncode != 0 or not dc or len(dc.split()) != 1:
+                return False
+            state = node.run("crmadmin", "--status", dc, "--quiet", check=False, timeout=10)
+            return state.returncode == 0 and (state.stdout + state.stderr).strip() == "S_IDLE"
         except (RuntimeError, subprocess.TimeoutExpired):
             return False
 
