@@ -504,3 +504,15 @@ def test_no_watcher_outside_pacemaker_or_when_switched_off(node, tmp_path, no_wa
     assert _watcher_pids() == []
     assert _in_cluster(node, pacemaker, "stop", watch_exit="false").rc == 0
     assert node.tgtd("validate-all", watch_exit="maybe").rc == 6
+
+
+def test_a_watcher_that_cannot_be_started_fails_no_action(node, tmp_path, no_watchers_left):
+    """The watcher is a helper: where it cannot run (here its state directory is a file),
+    start, monitor and stop still answer for tgtd alone, with a warning."""
+    pacemaker = Pacemaker(tmp_path)
+    (node.state / "tgtha").write_text("not a directory")
+    for action in ("start", "monitor"):
+        result = _in_cluster(node, pacemaker, action)
+        assert result.rc == 0 and "exit watcher could not be started" in result.stderr, (action, result)
+    assert _watcher_pids() == []
+    assert _in_cluster(node, pacemaker, "stop").rc == 0 and node.pids() == []

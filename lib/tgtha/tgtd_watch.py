@@ -56,6 +56,7 @@ def watching(control_port: int) -> tuple[int, int] | None:
 def spawn(control_port: int, tgtd_pid: int, resource: str, node: str) -> None:
     """Start a watcher for ``tgtd_pid`` (replacing any older one of this port)."""
     end(control_port)
+    os.makedirs(state_dir(), exist_ok=True)
     try:
         pidfd = os.pidfd_open(tgtd_pid)
     except ProcessLookupError:
@@ -81,11 +82,14 @@ def spawn(control_port: int, tgtd_pid: int, resource: str, node: str) -> None:
     finally:
         os.close(pidfd)
         os.close(null_fd)
-    os.makedirs(state_dir(), exist_ok=True)
     temporary = f"{pid_file(control_port)}.{os.getpid()}"
-    with open(temporary, "w") as file:
-        file.write(f"{watcher} {tgtd_pid}\n")
-    os.replace(temporary, pid_file(control_port))
+    try:
+        with open(temporary, "w") as file:
+            file.write(f"{watcher} {tgtd_pid}\n")
+        os.replace(temporary, pid_file(control_port))
+    except OSError:
+        os.kill(watcher, SIGKILL)   # one nobody could find and end would outlive a stop
+        raise
 
 
 def end(control_port: int, wait_s: float = 2.0) -> None:

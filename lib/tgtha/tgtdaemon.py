@@ -178,7 +178,11 @@ class TgtdAgent(ocf.Agent):
     def stop(self) -> int:
         self.control_port  # a bad one: nothing can have been started (ocf_runtime answers 0)
         from .tgtd_watch import end
-        end(self.control_port)      # a tgtd stopped on purpose is no failure to report
+        try:
+            end(self.control_port)      # a tgtd stopped on purpose is no failure to report
+        except OSError as err:
+            # Left running, it finds the resource stopped here when tgtd exits, and says nothing.
+            ocf.log_warning(f"tgtd's exit watcher could not be ended: {err}")
         pid = self.holder_pid()
         if pid is None:
             self._remove_leftovers()
@@ -282,7 +286,11 @@ class TgtdAgent(ocf.Agent):
             return  # none, or in another pid namespace: nothing this node can watch
         watched = tgtd_watch.watching(self.control_port)
         if watched is None or watched[1] != tgtd:
-            tgtd_watch.spawn(self.control_port, tgtd, self.resource_name, node)
+            try:
+                tgtd_watch.spawn(self.control_port, tgtd, self.resource_name, node)
+            except OSError as err:
+                # A helper: without it the monitor still sees a dead tgtd, only later.
+                ocf.log_warning(f"tgtd's exit watcher could not be started: {err}")
 
     def _kill(self, child: int) -> None:
         """A failed start leaves no tgtd of its own behind."""
