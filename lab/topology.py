@@ -88,7 +88,7 @@ class Topology:
     nodes: list[str]
     targets: list[Target]
     chap_password: str
-    block_method: str = "silent"    # tgtha portblock: "silent" or "reject"
+    block_method: str = "silent"    # tgtha portblock: "silent", "reject" or "drop" (INPUT only)
     layout: str = "sets"            # "sets" or "group", see the module docstring
     tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
     initiator_addresses: list[str] = field(default_factory=lambda: [CLIENT_IP])   # the targets' ACL
@@ -145,7 +145,9 @@ class Topology:
             # at once) and, with "silent", the initiators told nothing until the
             # unblock's tickle ACKs, so they reconnect then instead of backing off
             # after refused attempts while the group moves.
-            block.update(method=self.block_method, direction="both")
+            # "drop" is the stock agent's INPUT drop: what the connections' close sends
+            # (a reset) reaches the initiators at once, new connections are dropped.
+            block.update(method=self.block_method, direction="in" if self.block_method == "drop" else "both")
         account = {"incoming_username": CHAP_USER}
         if self.stack == "stock":
             # Stock has no shared account: every target makes (and deletes) the same one.
