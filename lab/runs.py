@@ -21,6 +21,11 @@ import sys
 from pathlib import Path
 
 
+KERNEL_COUNTS = [("kernel_io_errors", "kernel errors"), ("ro_remounts", "read-only"),
+                 ("sessions_not_back", "sessions not back"), ("wedged_messages", "wedged"),
+                 ("wwid_changes", "WWID changed")]
+
+
 def _cell(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -38,14 +43,18 @@ def drift(details: list[dict]) -> float | None:
 
 def main(directories: list[str]) -> int:
     reports = [json.loads((Path(d) / "report.json").read_text()) for d in directories]
-    names = [s["name"] for s in reports[0]["scenarios"]]
+    names = list(dict.fromkeys(s["name"] for r in reports for s in r["scenarios"]))
     print(f"{len(reports)} runs; each cell: median / worst of the runs")
     print()
+    # Kernel initiators' own counts, when the runs had guests (guests.py)
+    kernel = [(key, title) for key, title in KERNEL_COUNTS
+              if any(key in s for r in reports for s in r["scenarios"])]
     print("| scenario | failovers settled | pause p50 | pause p99 | pause max | cluster p50 | cluster max "
-          "| drift (last/first third) | I/O errors | mismatches | unauth logins | failed actions |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| drift (last/first third) | I/O errors | mismatches | unauth logins | failed actions |"
+          + "".join(f" {title} |" for _, title in kernel))
+    print("|---" * (12 + len(kernel)) + "|")
     for name in names:
-        runs = [next(s for s in r["scenarios"] if s["name"] == name) for r in reports]
+        runs = [s for r in reports for s in r["scenarios"] if s["name"] == name]   # the runs that had it
         drifts = [d for d in (drift(s["details"]) for s in runs) if d is not None]
         print(f"| {name} | {sum(s['settled'] for s in runs)} of {sum(s['failovers'] for s in runs)} "
               f"| {_cell([s['pause_p50_s'] for s in runs])} | {_cell([s['pause_p99_s'] for s in runs])} "
@@ -53,7 +62,8 @@ def main(directories: list[str]) -> int:
               f"| {_cell([s['cluster_max_s'] for s in runs])} "
               f"| {_cell(drifts)} "
               f"| {sum(s['io_errors'] for s in runs)} | {sum(s['mismatches'] for s in runs)} "
-              f"| {sum(s['unauth_logins'] for s in runs)} | {sum(s['failed_actions'] for s in runs)} |")
+              f"| {sum(s['unauth_logins'] for s in runs)} | {sum(s['failed_actions'] for s in runs)} |"
+              + "".join(f" {sum(s.get(key, 0) for s in runs)} |" for key, _ in kernel))
     print()
     print(f"verified I/Os: {sum(r['total_io_completed'] for r in reports):,}; unauthenticated login attempts: "
           f"{sum(r['prober_attempts'] for r in reports):,}, got in: {sum(r['unauth_logins_total'] for r in reports)}; "
