@@ -446,11 +446,9 @@ class Cluster:
 
     def settled(self) -> bool:
         """No transition pending (crm_resource --wait's notion) and the DC's controller
-        idle, asked of any live node. crm_resource --wait sees the scheduler's plan
-        carried out, not the controller's graph complete: a recovery's last action, the
-        first result of a recurring monitor, can still be unconfirmed. A kill -9 of
-        tgtd in that moment was planned at once but waited 1 s (the next monitor
-        result) for the previous transition to end (seen in the lab)."""
+        idle, asked of any live node: crm_resource --wait sees the scheduler's plan
+        carried out, not the controller's graph complete, and a failover begun while
+        a transition is still in flight would carry its tail in its figures."""
         try:
             node = self.any_node()
             if node.run("crm_resource", "--wait", "--timeout=1s", check=False, timeout=20).returncode != 0:
