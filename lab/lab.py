@@ -87,7 +87,7 @@ class Settings:
         self.disks = env.get("LAB_DISKS") or "tmpfs"
         self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
         self.layout = env.get("LAB_LAYOUT") or ("sets" if self.stack == "tgtha" else "group")
-        # kernel by default: what users run (a default run takes ~12 min here, libiscsi ~8.5)
+        # kernel by default: what users run (a default run takes ~9.5 min here, libiscsi ~7.5)
         self.initiator = env.get("LAB_INITIATOR") or "kernel"
         # The block that brings each kind of initiator back soonest (README, portblock):
         # open-iscsi: drop (INPUT only: the close's resets reach it at the block, so
