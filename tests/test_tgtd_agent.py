@@ -430,8 +430,11 @@ def test_a_killed_tgtd_is_reported_to_pacemaker_at_once(node, tmp_path, no_watch
     pacemaker = Pacemaker(tmp_path)
     assert _in_cluster(node, pacemaker, "start").rc == 0
     [watcher] = _watcher_pids()
-    # It holds nothing of the agent's (pacemaker-execd waits for the end of its pipes).
-    assert sorted(os.listdir(f"/proc/{watcher}/fd")) == ["0", "1", "2", "3"]
+    # It holds nothing of the agent's (pacemaker-execd waits for the end of its pipes):
+    # /dev/null, tgtd's pidfd, and at most a module file it is still reading.
+    held = {fd: os.readlink(f"/proc/{watcher}/fd/{fd}") for fd in os.listdir(f"/proc/{watcher}/fd")}
+    assert [held[fd] for fd in ("0", "1", "2", "3")] == ["/dev/null"] * 3 + ["anon_inode:[pidfd]"], held
+    assert not [target for target in held.values() if target.startswith(("pipe:", "socket:"))], held
     assert pacemaker.asked() == []
     [tgtd] = node.pids()
     os.kill(tgtd, signal.SIGKILL)

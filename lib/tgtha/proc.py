@@ -97,6 +97,20 @@ def run(argv: list[str], deadline: float, stdin: bytes = b"") -> Result:
                   b"".join(chunks[err_r]).decode(errors="replace"))
 
 
+def spawn_detached(argv: list[str], fds: dict[int, int]) -> int:
+    """Start ``argv`` in a session of its own, outliving the action, holding exactly
+    ``fds`` (its descriptor number -> ours) of what we hold: pacemaker-execd waits
+    for the end of the pipes it gave the agent, so none may live on in it."""
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+    return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, setsigmask=(),
+                          file_actions=[(os.POSIX_SPAWN_DUP2, ours, theirs) for theirs, ours in fds.items()])
+
+
 def split_words(value: str) -> list[str]:
     """``value`` split as a shell would (shlex.split; ValueError if unparsable).
     Plain words skip shlex: importing it (with re and enum) cost more CPU than

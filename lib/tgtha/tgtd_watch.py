@@ -29,6 +29,7 @@ import time
 
 from . import ocf_runtime as ocf
 from .mutex import state_dir
+from .proc import spawn_detached
 
 MARKER = "tgtha.tgtd_watch"
 PIDFD = 3           # where the watcher finds tgtd's pidfd
@@ -65,20 +66,8 @@ def spawn(control_port: int, tgtd_pid: int, resource: str, node: str) -> None:
     code = f"import sys; sys.path.insert(0, {lib_dir!r}); from {MARKER} import main; main()"
     argv = [sys.executable, "-IS", "-c", code, str(tgtd_pid), resource, node]
     null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    # pacemaker-execd waits for the end of the pipes it gave the agent: none may
-    # live on in the watcher.
-    for fd in map(int, os.listdir("/proc/self/fd")):
-        if fd > 2:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass
     try:
-        watcher = os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, setsigmask=(),
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, null_fd, 0),
-                                               (os.POSIX_SPAWN_DUP2, null_fd, 1),
-                                               (os.POSIX_SPAWN_DUP2, null_fd, 2),
-                                               (os.POSIX_SPAWN_DUP2, pidfd, PIDFD)])
+        watcher = spawn_detached(argv, {0: null_fd, 1: null_fd, 2: null_fd, PIDFD: pidfd})
     finally:
         os.close(pidfd)
         os.close(null_fd)

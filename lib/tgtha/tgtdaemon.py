@@ -221,24 +221,14 @@ class TgtdAgent(ocf.Agent):
         return ocf.SUCCESS
 
     def _spawn(self) -> int:
+        from .proc import spawn_detached
         argv = [self.binary, "--foreground", "--control-port", str(self.control_port), *self.tgtd_options]
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        # What pacemaker-execd handed us (its output pipes above all) must not
-        # live on in tgtd: execd would wait for their end.
-        for fd in map(int, os.listdir("/proc/self/fd")):
-            if fd > 2:
-                try:
-                    os.set_inheritable(fd, False)
-                except OSError:
-                    pass
         os.write(log_fd, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.resource_name}: "
                          f"{' '.join(argv)}\n".encode())
         try:
-            return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, setsigmask=(),
-                                  file_actions=[(os.POSIX_SPAWN_DUP2, null_fd, 0),
-                                                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                                                (os.POSIX_SPAWN_DUP2, log_fd, 2)])
+            return spawn_detached(argv, {0: null_fd, 1: log_fd, 2: log_fd})
         finally:
             os.close(log_fd)
             os.close(null_fd)
