@@ -29,7 +29,6 @@ import time
 
 from . import ocf_runtime as ocf
 from .mutex import state_dir
-from .proc import spawn_detached
 
 MARKER = "tgtha.tgtd_watch"
 PIDFD = 3           # where the watcher finds tgtd's pidfd
@@ -56,6 +55,7 @@ def watching(control_port: int) -> tuple[int, int] | None:
 
 def spawn(control_port: int, tgtd_pid: int, resource: str, node: str) -> None:
     """Start a watcher for ``tgtd_pid`` (replacing any older one of this port)."""
+    from .proc import spawn_detached     # not on the monitor's path, which only reads the pid file
     end(control_port)
     os.makedirs(state_dir(), exist_ok=True)
     try:
