@@ -1,7 +1,7 @@
 # tgtha - Pacemaker OCF agents for HA iSCSI targets on tgt.
 #   make deps      install the Debian packages the agents, tests and lab need (root)
 #   make test      run every test (namespaced ones need root)
-#   make install   agents as ocf:tgtha:*, library beside ocf.py, man pages ([DESTDIR=...])
+#   make install   agents as ocf:tgtha:*, library beside ocf.py, man pages, tgtha-from-stock ([DESTDIR=...])
 #   make man       ocf_tgtha_<agent>(7) from each agent's metadata, in build/man
 #   make bench     latency of our agents next to the stock ones, same run
 #   make lab       the failover lab: a Pacemaker cluster in namespaces, load, failovers, report
@@ -12,6 +12,7 @@ OCF_ROOT   ?= /usr/lib/ocf
 AGENT_DIR   = $(DESTDIR)$(OCF_ROOT)/resource.d/tgtha
 LIB_DIR     = $(DESTDIR)$(OCF_ROOT)/lib/tgtha
 MAN_DIR     = $(DESTDIR)/usr/share/man/man7
+SBIN_DIR    = $(DESTDIR)/usr/sbin
 PYTHON     ?= /usr/bin/python3
 AGENTS      = $(notdir $(wildcard agents/*))
 
@@ -43,15 +44,17 @@ build/man/ocf_tgtha_%.7: metadata/%.xml metadata/to_man.py
 	$(PYTHON) metadata/to_man.py $< > $@.new && mv $@.new $@
 
 install: man
-	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata $(MAN_DIR)
+	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata $(MAN_DIR) $(SBIN_DIR)
 	install -m 0755 $(addprefix agents/,$(AGENTS)) $(AGENT_DIR)/
 	install -m 0644 lib/tgtha/*.py $(LIB_DIR)/
 	install -m 0644 lib/tgtha/firewall/*.py $(LIB_DIR)/firewall/
 	install -m 0644 metadata/*.xml $(LIB_DIR)/metadata/
 	install -m 0644 $(MAN_PAGES) $(MAN_DIR)/
+	install -m 0755 tools/tgtha-from-stock $(SBIN_DIR)/
 
 uninstall:
 	rm -rf $(AGENT_DIR) $(LIB_DIR)
+	rm -f $(SBIN_DIR)/tgtha-from-stock
 	rm -f $(patsubst build/man/%,$(MAN_DIR)/%,$(MAN_PAGES))
 
 bench:
@@ -64,7 +67,7 @@ clean:
 
 # make lab STACK=stock LAB_TARGETS=2 ... : the lab's knobs (lab/lab.py) pass through.
 export STACK LAB_LAYOUT LAB_BLOCK LAB_TIME2WAIT LAB_INITIATOR LAB_GUESTS LAB_REPLACEMENT_TIMEOUT LAB_OUTAGE_S LAB_NODES LAB_TARGETS LAB_LUNS LAB_FAILOVERS LAB_SCENARIOS LAB_CONFIG LAB_OUT LAB_IO_GAP_MS LAB_SETTLE_TIMEOUT LAB_INJECT LAB_DISKS LAB_REBOOT_DELAY_S LAB_PORTAL LAB_RESTART_GAPS LAB_PLACEHOLDER LAB_MULTIPATH \
-       LAB_WATCH_EXIT LAB_MONITOR_S LAB_TGTD_MONITOR_S LAB_NODE_ACTION_LIMIT LAB_TOKEN_MS LAB_PREFIX
+       LAB_WATCH_EXIT LAB_MIGRATE_CONTROL LAB_MONITOR_S LAB_TGTD_MONITOR_S LAB_NODE_ACTION_LIMIT LAB_TOKEN_MS LAB_PREFIX
 lab: install
 	$(PYTHON) lab/lab.py
 

@@ -54,6 +54,20 @@ def naa6_value(scsi_id: str) -> int:
     return value
 
 
+def same_wwid_in_hex(scsi_id: str) -> str:
+    """The hex-digit scsi_id whose NAA-6 designator (WWID) is ``scsi_id``'s:
+    every other character written as the 0 tgt reads it as."""
+    digits = "".join(c if c in HEX_DIGITS else "0" for c in scsi_id)
+    return digits if len(digits) <= 32 else digits[-31:]
+
+
+def stock_identity(resource: str) -> tuple[str, str]:
+    """(scsi_id, scsi_sn) the stock agent gives a LUN it is not told them for:
+    the resource's name cut to 16 characters, the first 8 hex digits of its MD5."""
+    import hashlib
+    return resource[:16], hashlib.md5(resource.encode()).hexdigest()[:8]
+
+
 def derived_identity(target_iqn: str, lun: int) -> tuple[str, str]:
     """(scsi_id, scsi_sn) defaults: the same on every node, whatever the resource is called."""
     digest = sha256_hex(f"{target_iqn}:{lun}".encode())
@@ -359,11 +373,20 @@ class ISCSILogicalUnit(TgtAgent):
         scsi_id, scsi_sn = self.identity
         if unit.path != self.path:
             return f"its backing store is {unit.path}, configured {self.path}"
-        if unit.scsi_id != scsi_id:
-            return f"its scsi_id is {unit.scsi_id!r}, configured {scsi_id!r}"
+        # The WWID (NAA-6) is the identity initiators and multipath use: a LUN the stock
+        # agent made with a non-hex id has the WWID of that id's hex form (same_wwid_in_hex).
+        if unit.scsi_id != scsi_id and naa6_value(unit.scsi_id) != naa6_value(scsi_id):
+            return f"its scsi_id is {unit.scsi_id!r}, configured {scsi_id!r}" + self._stock_hint(unit)
         if unit.scsi_sn != scsi_sn:
-            return f"its scsi_sn is {unit.scsi_sn!r}, configured {scsi_sn!r}"
+            return f"its scsi_sn is {unit.scsi_sn!r}, configured {scsi_sn!r}" + self._stock_hint(unit)
         return None
+
+    def _stock_hint(self, unit: LogicalUnit) -> str:
+        """Made by the stock agent with its defaults? Then say what keeps its WWID."""
+        if (unit.scsi_id, unit.scsi_sn) != stock_identity(self.resource_name):
+            return ""
+        return (f" (the stock agent's defaults for {self.resource_name}: set scsi_id="
+                f"{same_wwid_in_hex(unit.scsi_id)} scsi_sn={unit.scsi_sn} to keep its WWID; tgtha-from-stock does)")
 
 
 def main() -> None:

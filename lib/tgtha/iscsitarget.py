@@ -179,6 +179,8 @@ class ISCSITarget(TgtAgent):
             return ocf.NOT_RUNNING  # tgtd went away while we looked again: as above
         if problem:
             raise OCFError(ERR_GENERIC, f"target {iqn} (tid {target.tid}): {problem}")
+        if not self.is_probe:
+            self._adopt_stock_account_quietly(self.tgtd, target)
         return ocf.SUCCESS
 
     def _passing(self, target: Target) -> bool:
@@ -220,6 +222,7 @@ class ISCSITarget(TgtAgent):
             if existing is not None:
                 problem = self._mismatch(existing)
                 if problem is None:
+                    self._adopt_stock_account_quietly(ctl, existing)
                     return ocf.SUCCESS
                 # Left by an interrupted start or stop: rebuild it from scratch.
                 ocf.log_warning(f"target {iqn} exists but {problem}; recreating it")
@@ -235,6 +238,7 @@ class ISCSITarget(TgtAgent):
         try:
             target = ctl.target_by_iqn(iqn)
             if target is not None:
+                self._adopt_stock_account_quietly(ctl, target)
                 self._teardown(ctl, target)
             self._release_own_account(ctl)
         except TgtdNotRunning:
@@ -412,6 +416,37 @@ class ISCSITarget(TgtAgent):
 
     # ---------------------------------------------------------------- checks
 
+    def _stock_form(self, target: Target) -> bool:
+        """Its own account bound alone, without the guard: how the stock agent
+        binds one. Still CHAP, and the account is deleted only after the target
+        (this agent's stop), so nothing needs the guard before the next start
+        makes the target in tgtha's form. Unbinding and rebinding to put the
+        guard first would leave a hole in tgt's account array (accounts.py)."""
+        return bool(self.password) and target.incoming == [self.username]
+
+    def _adopt_stock_account(self, ctl: TgtdControl, target: Target) -> None:
+        """An account the stock agent made (bound alone, in no ledger) becomes
+        this agent's, as if its start had made it from the configured password
+        (the stock agent made it from the same parameter): its stop deletes it as
+        the stock agent's would, and a start on this node later is not refused
+        for an account nobody claims."""
+        user, port = self.username, self.control_port
+        if not self._stock_form(target) or accounts.recorded_owner(port, user) is not None:
+            return
+        with accounts.config_lock(port, self.deadline):
+            if user in ctl.accounts() and accounts.recorded_owner(port, user) is None:
+                accounts.record_account(port, user, self.password, OWNER)
+                ocf.log_info(f"target {target.iqn} (tid {target.tid}) is bound to account {user} alone, as "
+                             "the stock agent binds it: the account is taken as this resource's own")
+
+    def _adopt_stock_account_quietly(self, ctl: TgtdControl, target: Target) -> None:
+        # The target serves as configured whatever happens here: no action fails
+        # for it; the next monitor, start or stop tries again.
+        try:
+            self._adopt_stock_account(ctl, target)
+        except (OCFError, TgtdUnreachable, TgtdError) as err:
+            ocf.log_warning(f"target {target.iqn}: account {self.username} not recorded as its own: {err}")
+
     def _mismatch(self, target: Target) -> str | None:
         """How ``target`` differs from the configuration, or None."""
         if self.tid is not None and target.tid != self.tid:
@@ -419,7 +454,7 @@ class ISCSITarget(TgtAgent):
         if target.state != "ready":
             return f"its state is {target.state!r}, not ready (an interrupted stop?)"
         wanted = [accounts.GUARD_ACCOUNT, self.username] if self.username else []
-        if target.incoming != wanted:
+        if target.incoming != wanted and not self._stock_form(target):
             if self.username and target.incoming == [accounts.GUARD_ACCOUNT]:
                 return (f"its account {self.username} is no longer bound (deleted while the target "
                         "ran: tgtuser stopped first?); it refuses every login")
