@@ -270,11 +270,13 @@ class Guest:
 
     # ------------------------------------------------------------ iSCSI and file systems
 
-    def log_in(self, targets: list[tuple[list[str], str]], user: str, password: str, replacement_timeout_s: int,
+    def log_in(self, targets: list[tuple[list[str], str, str]], password: str, replacement_timeout_s: int,
                time2wait: str = "") -> None:
-        """One CHAP account in iscsid.conf (the one credential slot), a session per target
-        and portal (``targets``: (portal addresses, IQN))."""
-        settings = {"node.session.auth.authmethod": "CHAP", "node.session.auth.username": user,
+        """CHAP in iscsid.conf (the one credential slot: the first target's account), a
+        session per target and portal (``targets``: (portal addresses, IQN, CHAP user));
+        a target with another account gets it in its node record."""
+        default_user = targets[0][2]
+        settings = {"node.session.auth.authmethod": "CHAP", "node.session.auth.username": default_user,
                     "node.session.auth.password": password,
                     "node.session.timeo.replacement_timeout": str(replacement_timeout_s)}
         if time2wait:
@@ -295,23 +297,33 @@ class Guest:
                       "multipathd"]
         self.check("set -e\n" + "\n".join(lines), 60)
         self.login_failures = []
-        for portals, iqn in targets:
+        for portals, iqn, user in targets:
             for portal in portals:
                 node = f"-m node -T {shlex.quote(iqn)} -p {portal}:3260"
+                own = "" if user == default_user else \
+                    f" && iscsiadm {node} -o update -n node.session.auth.username -v {shlex.quote(user)}"
                 # open-iscsi retries a first login 8 x 15 s: bounded here, and reported (its LUNs
                 # stay without I/O), not fatal: STACK=stock gets here.
-                rc, output = self.run(f"iscsiadm {node} -o new >/dev/null && timeout 40 iscsiadm {node} --login", 60)
+                rc, output = self.run(f"iscsiadm {node} -o new >/dev/null{own} && timeout 40 iscsiadm {node} --login",
+                                      60)
                 if rc != 0:
                     last = output.strip().splitlines()[-1] if output.strip() else f"exit {rc} (timed out?)"
                     self.login_failures.append(f"{iqn}: {portal}: {last}")
 
     def devices(self) -> dict[tuple[str, int], tuple[str, str]]:
         """(target IQN, LUN) -> (block device, WWID), from sysfs: the SCSI disk, or with
-        multipath the dm map holding its paths (WWID: the map's, as multipath names it)."""
+        multipath the dm map holding its paths (WWID: the map's, as multipath names it).
+        Each disk is rescanned first: the kernel reads VPD page 0x83 when it finds a
+        disk and keeps it, so a LUN deleted and made again with another identity under
+        the same number would show its first WWID forever (the migrate scenario's
+        no-identity control found it: 12 LUNs made again with new WWIDs, 0 seen)."""
         listing = self.check(
             "for s in /sys/class/iscsi_session/session*; do [ -e $s ] || continue; t=$(cat $s/targetname);"
             " for b in $s/device/target*/*:*:*:*/block/*; do [ -e $b ] || continue;"
-            " l=${b%/block/*}; l=${l##*:}; d=${b##*/}; h=$(ls /sys/block/$d/holders | head -1);"
+            " l=${b%/block/*}; l=${l##*:}; d=${b##*/};"
+            # only a disk whose session is up: a blocked one would hold the rescan until it is back
+            " [ \"$(cat /sys/block/$d/device/state)\" = running ] && echo 1 > /sys/block/$d/device/rescan 2>/dev/null;"
+            " h=$(ls /sys/block/$d/holders | head -1);"
             " u=-; [ -n \"$h\" ] && u=$(cat /sys/block/$h/dm/uuid);"
             " echo $t $l $d ${h:--} $u $(cat /sys/block/$d/device/wwid); done; done")
         found = {}

@@ -29,6 +29,9 @@ pinned, scenarios restart and kill-tgtd, see topology.py)
 LAB_PLACEHOLDER=1 (0: tgtd agent's placeholder_target=false, the negative control
 of the static portal's empty-tgtd window)
 LAB_WATCH_EXIT=1 (0: tgtd agent's watch_exit=false, a dead tgtd seen by its monitor alone)
+LAB_SCENARIOS=migrate (alone): the run begins on the stock agents and moves to
+tgtha's under load by README's procedure (migrate.py); LAB_MIGRATE_CONTROL=no-refresh|
+no-identity: the procedure without a step, the negative controls
 LAB_MULTIPATH=0 (1: a second network and a second portal per target, the guests on
 both, dm-multipath with no_path_retry queue in them; LAB_REPLACEMENT_TIMEOUT then
 defaults to 5 s, the low end of open-iscsi's advice for dm-multipath)
@@ -49,7 +52,10 @@ from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
 from report import pause_figures, representative, summarize, table, worst, write_gantt, write_json, write_timeline
 from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, STATIC_PORTAL_SCENARIOS, Failover, Lab
-from topology import CHAP_USER, Target, Topology
+from migrate import migrate
+from topology import Target, Topology
+
+SCENARIOS = {**SCENARIOS, "migrate": migrate}   # its own module: it needs the others' Lab
 
 LUN_SIZE = 64 << 20
 GUEST_ADDRESSES = [f"{SUBNET}.{210 + n}" for n in range(1, 10)]
@@ -86,7 +92,12 @@ class Settings:
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         self.disks = env.get("LAB_DISKS") or "tmpfs"
         self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
-        self.layout = env.get("LAB_LAYOUT") or ("sets" if self.stack == "tgtha" else "group")
+        # LAB_SCENARIOS=migrate,...: the run begins on the stock agents (migrate.py) and
+        # moves to tgtha's under load; the scenarios after it run on tgtha's.
+        self.migrating = self.scenarios[:1] == ["migrate"]
+        self.migrate_control = env.get("LAB_MIGRATE_CONTROL") or ""
+        self.layout = env.get("LAB_LAYOUT") or ("sets" if self.stack == "tgtha" and not self.migrating
+                                                else "group")
         # kernel by default: what users run (a default run takes ~9.5 min here, libiscsi ~7.5)
         self.initiator = env.get("LAB_INITIATOR") or "kernel"
         # The block that brings each kind of initiator back soonest (README, portblock):
@@ -109,7 +120,9 @@ class Settings:
         # node (its backing file is hidden) until the lab's recovery puts it back.
         self.inject = {(item.split(":")[0], int(item.split(":")[1]))
                        for item in (env.get("LAB_INJECT") or "").split(",") if item}
-        problems = [s for s in self.scenarios if s not in SCENARIOS
+        # migrate runs alone: after it the targets have no portblock (as stock users run them),
+        # so a failover would delete LUNs under their initiators, as the stock layout does.
+        problems = [s for s in self.scenarios if s not in SCENARIOS or (self.migrating and self.scenarios != [s])
                     or (self.portal == "static" and s not in STATIC_PORTAL_SCENARIOS + ["outage"])
                     or (s == "lose-network" and not self.multipath)]
         if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject", "drop") \
@@ -119,7 +132,10 @@ class Settings:
                 or self.stack not in ("tgtha", "stock") or self.config_tool not in ("crm", "pcs") \
                 or not 2 <= self.nodes <= 9 or not 1 <= self.targets <= 99 or self.luns < 1 \
                 or (self.initiator == "both" and self.luns < 2) or self.portal not in ("vip", "static") \
-                or not self.restart_gaps_s or (self.multipath and self.initiator == "libiscsi"):
+                or not self.restart_gaps_s or (self.multipath and self.initiator == "libiscsi") \
+                or self.migrate_control not in ("", "no-refresh", "no-identity") \
+                or (self.migrating and (self.stack != "tgtha" or self.layout != "group" or self.portal != "vip"
+                                        or self.multipath)):
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
 
@@ -197,7 +213,7 @@ class Run:
         self.extra_lines: list[str] = []                   # and its lines under the table
 
     def eta(self) -> str:
-        planned = len(self.settings.scenarios) * self.settings.failovers
+        planned = sum(1 if s == "migrate" else self.settings.failovers for s in self.settings.scenarios)
         left = planned - self.failovers_done - sum(
             self.settings.failovers - len(self.results.get(s, [])) for s in self.ended_early)
         if not self.failovers_done:
@@ -208,7 +224,8 @@ class Run:
 
     def scenario(self, lab: Lab, name: str) -> None:
         unsettled_in_a_row = 0
-        for number in range(1, self.settings.failovers + 1):
+        # A migration happens once; the scenarios after it show what tgtha then does.
+        for number in range(1, (1 if name == "migrate" else self.settings.failovers) + 1):
             began = time.monotonic()
             record = SCENARIOS[name](lab, number)
             self.results.setdefault(name, []).append(record)
@@ -342,9 +359,10 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
                          GUEST_ADDRESSES2 if settings.multipath else [], bridges[-1] if settings.multipath else "")
     try:
         assign_luns(fleet, luns)
-        targets = [([address for _, address, _ in topology.portals(t)], t.iqn) for t in topology.targets]
+        targets = [([address for _, address, _ in topology.portals(t)], t.iqn, topology.chap_user(t))
+                   for t in topology.targets]
         for guest in fleet.guests:
-            guest.log_in(targets, CHAP_USER, password, settings.replacement_timeout_s, settings.time2wait)
+            guest.log_in(targets, password, settings.replacement_timeout_s, settings.time2wait)
         for guest in fleet.guests:
             guest.mount_and_write(int(settings.io_gap_s * 1000))
     except BaseException:
@@ -364,6 +382,8 @@ class FailoverScenarios:
     stack_at_boot = True        # a fenced node boots into the cluster, as a real one would
 
     def describe(self, settings: Settings) -> str:
+        if settings.migrating:
+            return f"migrate: stock agents -> tgtha's under load, once (at most {failover_bound_s(settings) / 60:.0f} min)"
         planned = len(settings.scenarios) * settings.failovers
         return (f"{settings.failovers} failovers of {', '.join(settings.scenarios)} "
                 f"(at most {planned * failover_bound_s(settings) / 60:.0f} min for the failovers)")
@@ -414,7 +434,9 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
         guests = settings.initiator in ("kernel", "both")
         initiator_addresses = [CLIENT_IP] + (GUEST_ADDRESSES[:settings.guests] if guests else []) \
             + (GUEST_ADDRESSES2[:settings.guests] if guests and settings.multipath else [])
-        topology = Topology(settings.stack, node_names, targets, password, block_method=settings.block_method,
+        topology = Topology("stock" if settings.migrating else settings.stack, node_names, targets, password,
+                            block_method=settings.block_method, portblock=not settings.migrating,
+                            own_accounts=settings.migrating,
                             layout=settings.layout, tickle_dir=str(disks.directory("tickle")),
                             initiator_addresses=initiator_addresses,
                             target_parameters=f"DefaultTime2Wait={settings.time2wait}" if settings.time2wait else "",
@@ -437,6 +459,8 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
         lab = Lab(cluster, topology, run.initiators, settings.settle_timeout_s, settings.inject)
         lab.outage_s = settings.outage_s
         lab.restart_gaps_s = settings.restart_gaps_s
+        lab.config_tool = settings.config_tool
+        lab.migrate_control = settings.migrate_control
         run.all_started = wait_for(lambda: lab.all_active() and cluster.settled(),
                                    settings.settle_timeout_s, interval=1)
         run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
@@ -458,7 +482,8 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
                                                 progress)
             lab.fleet = run.fleet
             run.initiators += run.fleet.luns
-        run.initiators += [LunInitiator(lun, cluster.client, CHAP_USER, secret_file, settings.io_gap_s, seed)
+        run.initiators += [LunInitiator(lun, cluster.client, topology.chap_user(lun.target_name), secret_file,
+                                          settings.io_gap_s, seed)
                            for seed, lun in enumerate(luns) if lun.name in run.lun_kinds.get("libiscsi", set())]
         run.load_start = time.monotonic()
         for initiator in run.initiators:

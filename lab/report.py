@@ -73,6 +73,7 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "wedged": f.wedged[:5],
             "paths_not_back": f.paths_not_back,
             "path_io_errors": f.path_errors[:5],
+            **({"migration": f.migration} if f.migration else {}),
         } for f in failovers],
     }
 
@@ -164,6 +165,10 @@ def table(report: dict) -> str:
             lines.append(f"{s['name']}: slowest actions: "
                          + ", ".join(f"{k} {v:.2f}s" for v, k in reversed(slowest)))
     for s in report["scenarios"]:
+        for detail in s["details"]:
+            if detail.get("migration"):
+                lines.append(migration_line(detail["migration"]))
+    for s in report["scenarios"]:
         if s.get("ended_early"):
             lines.append(f"{s['name']}: ended early: {s['ended_early']}")
     if report.get("interrupted"):
@@ -183,6 +188,18 @@ def table(report: dict) -> str:
                      f"replacement_timeout budget: "
                      + ("n/a" if worst is None else f"{worst / budget:.1%} of it"))
     return "\n".join(lines)
+
+
+def migration_line(m: dict) -> str:
+    """What the migrate scenario checked, in one line (migrate.py)."""
+    failed = [f"{step['step']} (rc {step['rc']})" for step in m["steps"] if step["rc"] != 0]
+    control = f", NEGATIVE CONTROL {m['control']}" if m.get("control") else ""
+    return (f"migrate ({m['tool']}{control}): resources not on tgtha's agents {len(m['not_tgtha'])}, "
+            f"starts/stops {len(m['restarts'])}, sessions dropped {len(m['sessions_dropped'])} of "
+            f"{m['sessions_before']}, tgtd restarted on {len(m['tgtd_restarted'])} nodes, accounts not taken "
+            f"over {len(m['accounts_not_taken_over'])}, probed by tgtha in "
+            + ("NOT within the bound" if m.get("probed_s") is None else f"{m['probed_s']:.1f}s")
+            + (f"; FAILED steps: {failed}" if failed else ""))
 
 
 def _ms(value: float | None) -> str:

@@ -54,6 +54,7 @@ class Failover:
     wedged: list[str] = field(default_factory=list)          # iscsid's "can't bind conn" lines
     paths_not_back: list[str] = field(default_factory=list)  # multipath maps short of a path
     path_errors: list[str] = field(default_factory=list)     # multipath: I/O errors of one path
+    migration: dict = field(default_factory=dict)            # the migrate scenario's checks (migrate.py)
 
 
 class Lab:
@@ -71,6 +72,8 @@ class Lab:
         self.fleet = None                       # guests.GuestFleet with kernel initiators
         self.outage_s = 5.0                     # the "outage" scenario's length
         self.restart_gaps_s = [0.0, 10.0]       # the "restart" scenario's gaps, in turn
+        self.config_tool = "crm"                # what the migrate scenario drives: crm or pcs
+        self.migrate_control = ""               # its negative control, if any (migrate.py)
 
     def new_failures(self) -> list[dict[str, str]]:
         """Failed operations recorded since the last call. Failures are not

@@ -102,6 +102,10 @@ class Topology:
     monitor_s: int = 10
     tgtd_monitor_s: int = 1         # tgtd's own: how soon a dead tgtd is seen
     node_action_limit: int = NODE_ACTION_LIMIT
+    portblock: bool = True          # the block/unblock pair around each target (False: as stock users run)
+    # One account per target, made by its iSCSITarget (incoming_password): the only CHAP
+    # the stock agents can run with more than one target on a node. False: the shared one.
+    own_accounts: bool = False
 
     # ------------------------------------------------------------ the model
 
@@ -124,7 +128,7 @@ class Topology:
                                                        "monitor": f"interval={self.tgtd_monitor_s}s timeout=20s",
                                                        "start": "timeout=30s", "stop": "timeout=30s"})
         clones = [("cl_tgtd", tgtd)]
-        if self.stack == "tgtha":
+        if self.stack == "tgtha" and not self.own_accounts:
             clones.append(("cl_chap", Primitive("p_chap", "ocf:tgtha:tgtuser",
                                                 {"username": CHAP_USER, "password": self.chap_password})))
         return clones
@@ -148,9 +152,9 @@ class Topology:
             # "drop" is the stock agent's INPUT drop: what the connections' close sends
             # (a reset) reaches the initiators at once, new connections are dropped.
             block.update(method=self.block_method, direction="in" if self.block_method == "drop" else "both")
-        account = {"incoming_username": CHAP_USER}
-        if self.stack == "stock":
-            # Stock has no shared account: every target makes (and deletes) the same one.
+        account = {"incoming_username": self.chap_user(target)}
+        if self.stack == "stock" or self.own_accounts:
+            # Stock has no shared account: every target makes (and deletes) its own.
             account["incoming_password"] = self.chap_password
         portals = self.portals(target)
         target_params = {"implementation": "tgt", "iqn": target.iqn, "tid": str(target.index),
@@ -159,7 +163,8 @@ class Topology:
         if self.target_parameters:
             target_params["additional_parameters"] = self.target_parameters
         members = [Primitive(f"p_block{suffix}_{target.name}", f"ocf:{provider}:portblock",
-                             {**block, "ip": address, "action": "block"}) for suffix, address, _ in portals]
+                             {**block, "ip": address, "action": "block"}) for suffix, address, _ in portals
+                   if self.portblock]
         if self.portal == "vip":
             # Ours: same parameters, through rtnetlink instead of ~43 processes per start.
             members += [Primitive(f"p_vip{suffix}_{target.name}", f"ocf:{provider}:IPaddr2",
@@ -173,7 +178,7 @@ class Topology:
         if self.stack == "tgtha" and self.tickle_dir:
             unblock["tickle_dir"] = self.tickle_dir
         members += [Primitive(f"p_unblock{suffix}_{target.name}", f"ocf:{provider}:portblock",
-                              {**unblock, "ip": address}) for suffix, address, _ in portals]
+                              {**unblock, "ip": address}) for suffix, address, _ in portals if self.portblock]
         for member in members:
             member.ops["monitor"] = f"interval={self.monitor_s}s timeout=20s"
         return members
@@ -205,7 +210,15 @@ class Topology:
                 for _, address, _ in self.portals(t)]
 
     def unblocks(self, target: Target) -> set[str]:
-        return {p.id for p in self.group_members(target) if p.id.startswith("p_unblock")}
+        """The starts after which initiators get in: the unblocks, or without portblock
+        the group's last member."""
+        members = [p.id for p in self.group_members(target)]
+        return {m for m in members if m.startswith("p_unblock")} if self.portblock else {members[-1]}
+
+    def chap_user(self, target: Target | str) -> str:
+        """The CHAP account initiators use for ``target`` (a Target or its name)."""
+        name = target if isinstance(target, str) else target.name
+        return f"{CHAP_USER}-{name}" if self.own_accounts else CHAP_USER
 
     # ------------------------------------------------------------ crmsh
 

@@ -42,10 +42,12 @@ def run_lab(tmp_path, **knobs: str) -> dict:
     out = tmp_path / "lab-out"
     report = json.loads((out / "report.json").read_text())
     assert (out / "timeline.png").stat().st_size > 10_000
+    # The migrate scenario begins on the stock agents.
+    tgtd = ('type="tgt"', "lsb:tgt") if knobs.get("LAB_SCENARIOS") == "migrate" else ('type="tgtd"', "ocf:tgtha:tgtd")
     if knobs.get("LAB_CONFIG") == "pcs":
-        assert 'type="tgtd"' in (out / "run" / "cluster-pcs.xml").read_text()
+        assert tgtd[0] in (out / "run" / "cluster-pcs.xml").read_text()
     else:
-        assert "ocf:tgtha:tgtd" in (out / "run" / "cluster.crm").read_text()
+        assert tgtd[1] in (out / "run" / "cluster.crm").read_text()
     return report
 
 
@@ -107,6 +109,37 @@ def test_the_same_topology_configured_with_pcs(tmp_path, report):
     assert lab["all_started"] and not lab["start_failed_actions"]
     assert_no_failover_hurt_an_initiator(lab)
     report(f"lab (pcs) move: pause max {lab['scenarios'][0]['pause_max_s']}s")
+
+
+@pytest.mark.parametrize("tool", ["crm", "pcs"])
+def test_a_stock_cluster_moves_to_tgtha_under_load_without_a_restart_or_a_dropped_session(tmp_path, report, tool):
+    """README's procedure (maintenance-mode, tgtha-from-stock, refresh) on a running stock stack."""
+    lab = run_lab(tmp_path, LAB_SCENARIOS="migrate", LAB_CONFIG=tool, LAB_TARGETS="2", LAB_LUNS="2")
+    assert lab["all_started"] and not lab["start_failed_actions"]
+    assert_no_failover_hurt_an_initiator(lab)
+    migration = lab["scenarios"][0]["details"][0]["migration"]
+    assert all(step["rc"] == 0 for step in migration["steps"]), migration["steps"]
+    assert [step["step"] for step in migration["steps"]] == [
+        "maintenance-mode=true", "read the CIB", "tgtha-from-stock", "write the CIB", "refresh",
+        "maintenance-mode=false"]
+    assert migration["probed_s"] is not None
+    assert migration["not_tgtha"] == [] and migration["restarts"] == [] and migration["tgtd_restarted"] == []
+    assert migration["sessions_before"] == 4 and migration["sessions_dropped"] == []
+    assert migration["accounts_not_taken_over"] == []
+    report(f"lab migrate ({tool}): 0 restarts, 0 of 4 sessions dropped, worst pause "
+           f"{lab['scenarios'][0]['pause_max_s']}s")
+
+
+def test_the_migration_without_its_refresh_is_seen_restarting_everything(tmp_path):
+    """The negative control of the migrate scenario's detectors: Pacemaker, holding the
+    stock agents' history, stops every resource with them and starts it with tgtha's."""
+    lab = run_lab(tmp_path, LAB_SCENARIOS="migrate", LAB_MIGRATE_CONTROL="no-refresh", LAB_TARGETS="2",
+                  LAB_LUNS="2")
+    migration = lab["scenarios"][0]["details"][0]["migration"]
+    assert migration["control"] == "no-refresh" and "refresh" not in [s["step"] for s in migration["steps"]]
+    assert len(migration["restarts"]) >= 8 and migration["tgtd_restarted"]
+    assert len(migration["sessions_dropped"]) == 4
+    assert lab["scenarios"][0]["io_errors"] > 0 or lab["scenarios"][0]["pause_max_s"] > 5
 
 
 def test_an_unsettled_failover_is_recorded_and_recovered_and_an_interrupted_run_still_reports(tmp_path):

@@ -92,3 +92,16 @@ def test_an_outage_past_replacement_timeout_is_seen_as_errors_and_read_only_file
     assert outage["io_errors"] > 0
     report(f"negative control (20 s outage, replacement_timeout 10 s): {outage['kernel_io_errors']} kernel "
            f"I/O errors, {outage['ro_remounts']} read-only/shutdown events, {outage['io_errors']} writer errors")
+
+
+def test_a_lun_made_again_with_another_identity_is_seen_as_a_wwid_change(tmp_path, report):
+    """Negative control of the WWID check: the migrate scenario without the LUN identity
+    tgtha-from-stock writes down (LAB_MIGRATE_CONTROL=no-identity), so tgtha's probes
+    fail and Pacemaker makes every LUN again under its number with tgtha's default
+    identity. The guest's kernel keeps a disk's first VPD page until it is rescanned."""
+    lab = run_lab(tmp_path, **SHORT, LAB_SCENARIOS="migrate", LAB_MIGRATE_CONTROL="no-identity")
+    migrate = lab["scenarios"][0]
+    assert migrate["wwid_changes"] == lab["luns"], migrate["details"]
+    assert len(migrate["details"][0]["migration"]["restarts"]) >= 2 * lab["luns"]
+    report(f"negative control (migrate without the LUN identity): {migrate['wwid_changes']} of {lab['luns']} "
+           f"WWIDs changed, {migrate['kernel_io_errors']} kernel I/O errors")
