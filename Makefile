@@ -6,6 +6,7 @@
 #   make bench     latency of our agents next to the stock ones, same run
 #   make lab       the failover lab: a Pacemaker cluster in namespaces, load, failovers, report
 #   make cts       Pacemaker's Cluster Test Suite against the lab's cluster, under initiator load
+#   make deb       the Debian package (debian/), in build/deb, checked by lintian
 
 DESTDIR    ?=
 OCF_ROOT   ?= /usr/lib/ocf
@@ -13,6 +14,7 @@ AGENT_DIR   = $(DESTDIR)$(OCF_ROOT)/resource.d/tgtha
 LIB_DIR     = $(DESTDIR)$(OCF_ROOT)/lib/tgtha
 MAN_DIR     = $(DESTDIR)/usr/share/man/man7
 SBIN_DIR    = $(DESTDIR)/usr/sbin
+MAN8_DIR    = $(DESTDIR)/usr/share/man/man8
 PYTHON     ?= /usr/bin/python3
 AGENTS      = $(notdir $(wildcard agents/*))
 
@@ -21,12 +23,12 @@ DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-ag
                   python3 python3-lxml python3-filelock python3-iptables python3-pytest libxml2-utils \
                   hyperfine qemu-utils qemu-block-extra iputils-ping strace \
                   qemu-system-x86 linux-image-amd64 open-iscsi busybox-static xfsprogs kmod cpio gcc libc6-dev \
-                  udev dmsetup
+                  udev dmsetup debhelper lintian
 
-.PHONY: all deps test install uninstall bench clean lab man cts
+.PHONY: all deps test install uninstall bench clean lab man cts deb
 
 all:
-	@echo "targets: deps test install uninstall man bench lab cts"
+	@echo "targets: deps test install uninstall man bench lab cts deb"
 
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -44,18 +46,28 @@ build/man/ocf_tgtha_%.7: metadata/%.xml metadata/to_man.py
 	$(PYTHON) metadata/to_man.py $< > $@.new && mv $@.new $@
 
 install: man
-	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata $(MAN_DIR) $(SBIN_DIR)
+	install -d $(AGENT_DIR) $(LIB_DIR) $(LIB_DIR)/firewall $(LIB_DIR)/metadata $(MAN_DIR) $(SBIN_DIR) $(MAN8_DIR)
 	install -m 0755 $(addprefix agents/,$(AGENTS)) $(AGENT_DIR)/
 	install -m 0644 lib/tgtha/*.py $(LIB_DIR)/
 	install -m 0644 lib/tgtha/firewall/*.py $(LIB_DIR)/firewall/
 	install -m 0644 metadata/*.xml $(LIB_DIR)/metadata/
 	install -m 0644 $(MAN_PAGES) $(MAN_DIR)/
 	install -m 0755 tools/tgtha-from-stock $(SBIN_DIR)/
+	install -m 0644 tools/tgtha-from-stock.8 $(MAN8_DIR)/
 
 uninstall:
 	rm -rf $(AGENT_DIR) $(LIB_DIR)
-	rm -f $(SBIN_DIR)/tgtha-from-stock
+	rm -f $(SBIN_DIR)/tgtha-from-stock $(MAN8_DIR)/tgtha-from-stock.8
 	rm -f $(patsubst build/man/%,$(MAN_DIR)/%,$(MAN_PAGES))
+
+# From the tracked files only (what a clone has), built where nothing else lives.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
+deb:
+	rm -rf build/deb && mkdir -p build/deb/tgtha-$(DEB_VERSION)
+	git ls-files -z | tar --null -T - -cf - | tar -x -C build/deb/tgtha-$(DEB_VERSION)
+	cd build/deb/tgtha-$(DEB_VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error build/deb/tgtha_$(DEB_VERSION)_*.changes
+	@ls build/deb/*.deb
 
 bench:
 	$(PYTHON) bench/agent_latency.py
