@@ -121,11 +121,16 @@ def test_a_target_and_luns_the_stock_agents_made_are_running_for_tgthas_probes(s
     assert f"SCSI SN: {scsi_sn}" in lab.show()
 
 
+def chap_target(lab) -> dict[str, str]:
+    """A target with its own account, as stock users run them (stock cannot share one)."""
+    return {"implementation": "tgt", "iqn": CHAP_IQN, "tid": "4", "incoming_username": USER,
+            "incoming_password": PASSWORD, "allowed_initiators": lab.CLIENT_IP}
+
+
 @needs_root
 def test_a_stock_target_keeps_its_session_and_its_account_becomes_tgthas(stock_lab):
     lab = stock_lab
-    target = {"implementation": "tgt", "iqn": CHAP_IQN, "tid": "4", "incoming_username": USER,
-              "incoming_password": PASSWORD, "allowed_initiators": lab.CLIENT_IP}
+    target = chap_target(lab)
     assert stock(lab, "iSCSITarget", "start", target, "p_target").returncode == 0
     path = lab.make_backing_file("chap.img")
     lun = {"implementation": "tgt", "target_iqn": CHAP_IQN, "lun": "1", "path": str(path)}
@@ -157,8 +162,7 @@ def test_a_stock_target_keeps_its_session_and_its_account_becomes_tgthas(stock_l
 @needs_root
 def test_a_stock_target_stopped_before_any_monitor_leaves_no_account_behind(stock_lab):
     lab = stock_lab
-    target = {"implementation": "tgt", "iqn": CHAP_IQN, "tid": "4", "incoming_username": USER,
-              "incoming_password": PASSWORD, "allowed_initiators": lab.CLIENT_IP}
+    target = chap_target(lab)
     assert stock(lab, "iSCSITarget", "start", target, "p_target").returncode == 0
     assert lab.agent("iSCSITarget", "monitor", target, instance="p_target").rc == 0
     assert lab.agent("iSCSITarget", "stop", target, instance="p_target").rc == 0

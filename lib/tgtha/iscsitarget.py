@@ -20,6 +20,10 @@ sessions, and any connection it cannot close (a send queue stuck behind a
 silent initiator) is destroyed in the kernel -> the target is deleted -> only
 then accounts are touched: a shared account (tgtuser's) is never deleted, an
 own account only when no other target is bound to it.
+
+A target the stock agent made (its own account bound alone, no guard) is
+running as it is: moving a cluster to tgtha restarts nothing (README, "Moving a
+running cluster from the stock agents"); its account becomes this resource's.
 """
 from __future__ import annotations
 
