@@ -15,7 +15,7 @@ $PCS resource op defaults update record-pending=false
 #   $PCS stonith create st_node1 fence_ipmilan ip=192.0.2.201 username=admin password=... pcmk_host_list=node1
 
 # tgtd on every node, monitored every second: a dead tgtd takes all its targets.
-$PCS resource create p_tgtd ocf:tgtha:tgtd op monitor interval=1s timeout=10s clone interleave=true
+$PCS resource create p_tgtd ocf:tgtha:tgtd op monitor interval=5s timeout=10s clone interleave=true
 
 # The one account every target accepts.
 $PCS resource create p_chap ocf:tgtha:tgtuser username=initiators password=CHANGE-ME-0123 \

@@ -100,7 +100,7 @@ class Topology:
     # Every target resource's monitor interval. Each monitor is a process of ~20 ms
     # of CPU; with 24 targets x 8 resources, 10 s is ~0.5 of a core on monitors.
     monitor_s: int = 10
-    tgtd_monitor_s: int = 1         # tgtd's own: how soon a dead tgtd is seen
+    tgtd_monitor_s: int = 5         # tgtd's own (1 without the exit watcher: it then detects deaths)
     node_action_limit: int = NODE_ACTION_LIMIT
     portblock: bool = True          # the block/unblock pair around each target (False: as stock users run)
     # One account per target, made by its iSCSITarget (incoming_password): the only CHAP
@@ -110,9 +110,9 @@ class Topology:
     # ------------------------------------------------------------ the model
 
     def clones(self) -> list[tuple[str, Primitive]]:
-        # tgtd is monitored more often than the targets (1 s by default) so that its own
-        # monitor sees a kill before theirs do (theirs would fail and restart groups on
-        # their own), and because every second of detection delays every target.
+        # tgtd is monitored more often than the targets so that a dead tgtd is its own
+        # failure before theirs (theirs would restart groups on their own); its exit
+        # watcher reports a death at once, the monitor finds a hung tgtd.
         tgtd_ops = {"monitor": f"interval={self.tgtd_monitor_s}s timeout=10s", "start": "timeout=20s",
                     "stop": "timeout=20s"}
         if self.stack == "tgtha":
