@@ -34,6 +34,9 @@ GUEST_MEMORY_MB = 160
 # udevd, its workers (each running multipath -u) and multipathd (which locks its memory):
 # at 160 MiB the OOM killer took iscsid, and no session came back.
 MULTIPATH_GUEST_MEMORY_MB = 320
+# Each LUN is a session, a mounted ext4 or xfs and a writer: at 160 MiB a guest with 48
+# LUNs (the scale lab's 96 over two guests) had iscsid taken by the OOM killer.
+GUEST_MEMORY_MB_PER_LUN_OVER_6 = 10
 RECORDS = 1024                    # ring of 4 KiB records per LUN: 4 MiB written round and round
 ERRNO_EROFS = 30
 
@@ -99,6 +102,7 @@ class Guest:
         self._sequence = 0
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.lun_count = 0                      # set by start_guests: its share of the LUNs
 
     @property
     def initiator_name(self) -> str:
@@ -116,6 +120,11 @@ class Guest:
     def _taps(self) -> list[tuple[str, str]]:
         return [(self.tap, self.bridge)] + ([(self.tap + "b", self.bridge2)] if self.multipath else [])
 
+    @property
+    def memory_mb(self) -> int:
+        base = MULTIPATH_GUEST_MEMORY_MB if self.multipath else GUEST_MEMORY_MB
+        return base + GUEST_MEMORY_MB_PER_LUN_OVER_6 * max(0, self.lun_count - 6)
+
     def start(self) -> None:
         for tap, bridge in self._taps():
             subprocess.run(["ip", "-n", self.netns, "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
@@ -125,7 +134,7 @@ class Guest:
             path.unlink(missing_ok=True)
         argv = ["ip", "netns", "exec", self.netns, "qemu-system-x86_64",
                 "-accel", "tcg,tb-size=32", "-cpu", "max", "-smp", "1",
-                "-m", str(MULTIPATH_GUEST_MEMORY_MB if self.multipath else GUEST_MEMORY_MB), "-M", "pc",
+                "-m", str(self.memory_mb), "-M", "pc",
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", str(self.kernel), "-initrd", str(self.initramfs),
                 "-append", f"console=ttyS0 panic=-1 lab_name={self.name} "
@@ -386,7 +395,7 @@ class Guest:
             script += [f"mkdir -p {lun.mount_point}", f"mount -t {lun.filesystem} {options} {dev} {lun.mount_point}",
                        f"writer {shlex.quote(lun.lun.name)} {lun.mount_point}/records {RECORDS} {gap_ms}"
                        " >/dev/ttyS2 2>&1 &"]
-        self.check("\n".join(script), 180)
+        self.check("\n".join(script), max(180, 8 * len(self.luns)))   # mkfs under TCG: ~2 s a LUN
 
     def sessions_not_logged_in(self, wait_s: float = 30) -> list[str]:
         """Targets whose session is not LOGGED_IN, after up to ``wait_s`` for them to be:
@@ -416,8 +425,10 @@ class GuestFleet:
 
 
 def start_guests(count: int, addresses: list[str], prefix_length: int, netns: str, bridge: str,
-                 run_dir: Path, progress=print, addresses2: list[str] = (), bridge2: str = "") -> GuestFleet:
-    """``addresses2`` and ``bridge2``: a second NIC each, on the second network (multipath)."""
+                 run_dir: Path, progress=print, addresses2: list[str] = (), bridge2: str = "",
+                 luns: int = 0) -> GuestFleet:
+    """``addresses2`` and ``bridge2``: a second NIC each, on the second network (multipath);
+    ``luns``: how many LUNs the fleet will have (each guest's memory grows with its share)."""
     from guest_image import ensure_image
     image = ensure_image(progress)
     fleet = GuestFleet()
@@ -425,6 +436,7 @@ def start_guests(count: int, addresses: list[str], prefix_length: int, netns: st
         for index in range(count):
             guest = Guest(index + 1, addresses[index], prefix_length, netns, bridge, image, run_dir,
                           addresses2[index] if addresses2 else "", bridge2)
+            guest.lun_count = -(-luns // count)
             fleet.guests.append(guest)
             guest.start()
     except BaseException:

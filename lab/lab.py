@@ -358,7 +358,8 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
     began = time.monotonic()
     bridges = cluster.client_bridges()
     fleet = start_guests(settings.guests, GUEST_ADDRESSES, 24, cluster.client, bridges[0], run_dir, progress,
-                         GUEST_ADDRESSES2 if settings.multipath else [], bridges[-1] if settings.multipath else "")
+                         GUEST_ADDRESSES2 if settings.multipath else [], bridges[-1] if settings.multipath else "",
+                         luns=len(luns))
     try:
         assign_luns(fleet, luns)
         targets = [([address for _, address, _ in topology.portals(t)], t.iqn, topology.chap_user(t))
