@@ -94,8 +94,8 @@ class Settings:
         self.prefix = env.get("LAB_PREFIX") or "tgthalab"
         self.disks = env.get("LAB_DISKS") or "tmpfs"
         self.reboot_delay_s = float(env.get("LAB_REBOOT_DELAY_S") or "15")
-        # LAB_SCENARIOS=migrate,...: the run begins on the stock agents (migrate.py) and
-        # moves to tgtha's under load; the scenarios after it run on tgtha's.
+        # LAB_SCENARIOS=migrate: the run begins on the stock agents and moves to tgtha's
+        # under load (migrate.py).
         self.migrating = self.scenarios[:1] == ["migrate"]
         self.migrate_control = env.get("LAB_MIGRATE_CONTROL") or ""
         self.layout = env.get("LAB_LAYOUT") or ("sets" if self.stack == "tgtha" and not self.migrating
@@ -226,7 +226,7 @@ class Run:
 
     def scenario(self, lab: Lab, name: str) -> None:
         unsettled_in_a_row = 0
-        # A migration happens once; the scenarios after it show what tgtha then does.
+        # A migration happens once.
         for number in range(1, (1 if name == "migrate" else self.settings.failovers) + 1):
             began = time.monotonic()
             record = SCENARIOS[name](lab, number)

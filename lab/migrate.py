@@ -15,8 +15,10 @@ logs), no iSCSI session dropped (tgt's I_T nexus ids on every node, before and
 after: a reconnect is a new nexus), the same tgtd processes, every resource now
 run by ocf:tgtha:*, each target's account taken over by its iSCSITarget (the
 first recurring monitors), and, as in every failover, the initiators' errors,
-pauses and unauthenticated logins. Later scenarios (LAB_SCENARIOS=migrate,move,...)
-run on tgtha's agents: their first stops and starts show the LUNs keep their WWIDs.
+pauses and unauthenticated logins. It runs alone: the stock layout has no
+portblock, so a failover afterwards would delete LUNs under their initiators as
+it did before; that the LUNs keep their WWIDs through tgtha's own stop and start
+is tests/test_from_stock.py's (VPD 0x83 read by an initiator).
 
 Negative controls (LAB_MIGRATE_CONTROL): "no-refresh" leaves out the refresh, so
 Pacemaker holds the stock agents' history for resources now configured with
@@ -82,8 +84,7 @@ def bound_accounts(cluster: Cluster, iqns: set[str]) -> dict[str, list[str]]:
 
 
 def migrate(lab: Lab, number: int) -> Failover:
-    """Stock -> tgtha under maintenance-mode, by the README's procedure (once: later
-    numbers find nothing stock left, so they only re-check it)."""
+    """Stock -> tgtha under maintenance-mode, by the README's procedure."""
     cluster, topology = lab.cluster, lab.topology
     node = cluster.any_node()
     tool = lab.config_tool
