@@ -392,9 +392,9 @@ def start_the_stock_stack(cluster: Cluster, lab: Lab, run: Run, settings: Settin
         run.extra.setdefault("stock_start_failures", []).extend(run.start_failures)
         cluster.any_node().run("crm_resource", "--cleanup", check=False)
         time.sleep(1)
-        wait_for(lambda: (lab.all_active() or bool(cluster.failures())) and cluster.settled(),
-                 settings.settle_timeout_s, interval=1)
-        started = lab.all_active()
+        settled = wait_for(lambda: (lab.all_active() or bool(cluster.failures())) and cluster.settled(),
+                           settings.settle_timeout_s, interval=1)
+        started = settled and lab.all_active()
         run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
                               for f in lab.new_failures()]
     return started
@@ -486,9 +486,9 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
         lab.config_tool = settings.config_tool
         lab.migrate_control = settings.migrate_control
         # (The stock stack, for migrate, can fail to start: no use waiting the bound then.)
-        wait_for(lambda: (lab.all_active() or (settings.migrating and bool(cluster.failures())))
-                 and cluster.settled(), settings.settle_timeout_s, interval=1)
-        run.all_started = lab.all_active()
+        settled = wait_for(lambda: (lab.all_active() or (settings.migrating and bool(cluster.failures())))
+                           and cluster.settled(), settings.settle_timeout_s, interval=1)
+        run.all_started = settled and lab.all_active()
         run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
                               for f in lab.new_failures()]
         if settings.migrating:
