@@ -51,7 +51,8 @@ from cluster import CLIENT_IP, SUBNET, SUBNET2, Cluster, wait_for
 from disks import SharedDisks
 from initiators import Lun, LunInitiator, UnauthenticatedProber
 from report import pause_figures, representative, summarize, table, worst, write_gantt, write_json, write_timeline
-from scenarios import DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, STATIC_PORTAL_SCENARIOS, Failover, Lab
+from scenarios import (DEFAULT_SCENARIOS, RESUME_TIMEOUT_S, SCENARIOS, STATIC_PORTAL_SCENARIOS, Failover, Lab,
+                       failure_text)
 from migrate import migrate
 from topology import Target, Topology
 
@@ -379,6 +380,15 @@ def start_kernel_initiators(settings: Settings, cluster: Cluster, topology: Topo
     return fleet
 
 
+def wait_until_started(lab: Lab, cluster: Cluster, timeout_s: float, give_up_on_failure: bool) -> bool:
+    """Every resource started and the cluster settled within ``timeout_s``; with
+    ``give_up_on_failure``, a recorded failure ends the wait early (no use waiting the
+    bound for a start that failed)."""
+    settled = wait_for(lambda: (lab.all_active() or (give_up_on_failure and bool(cluster.failures())))
+                       and cluster.settled(), timeout_s, interval=1)
+    return settled and lab.all_active()
+
+
 def start_the_stock_stack(cluster: Cluster, lab: Lab, run: Run, settings: Settings, progress: Progress) -> bool:
     """The migrate scenario needs the stock stack running before it starts. lsb:tgt
     races (Debian's init script runs tgtadm before tgtd listens: the start fails and
@@ -392,11 +402,8 @@ def start_the_stock_stack(cluster: Cluster, lab: Lab, run: Run, settings: Settin
         run.extra.setdefault("stock_start_failures", []).extend(run.start_failures)
         cluster.any_node().run("crm_resource", "--cleanup", check=False)
         time.sleep(1)
-        settled = wait_for(lambda: (lab.all_active() or bool(cluster.failures())) and cluster.settled(),
-                           settings.settle_timeout_s, interval=1)
-        started = settled and lab.all_active()
-        run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
-                              for f in lab.new_failures()]
+        started = wait_until_started(lab, cluster, settings.settle_timeout_s, give_up_on_failure=True)
+        run.start_failures = [failure_text(f) for f in lab.new_failures()]
     return started
 
 
@@ -485,12 +492,10 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
         lab.restart_gaps_s = settings.restart_gaps_s
         lab.config_tool = settings.config_tool
         lab.migrate_control = settings.migrate_control
-        # (The stock stack, for migrate, can fail to start: no use waiting the bound then.)
-        settled = wait_for(lambda: (lab.all_active() or (settings.migrating and bool(cluster.failures())))
-                           and cluster.settled(), settings.settle_timeout_s, interval=1)
-        run.all_started = settled and lab.all_active()
-        run.start_failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
-                              for f in lab.new_failures()]
+        # The stock stack (migrate) can fail to start, and is then cleaned up.
+        run.all_started = wait_until_started(lab, cluster, settings.settle_timeout_s,
+                                             give_up_on_failure=settings.migrating)
+        run.start_failures = [failure_text(f) for f in lab.new_failures()]
         if settings.migrating:
             run.all_started = start_the_stock_stack(cluster, lab, run, settings, progress)
         active = cluster.resources()

@@ -33,31 +33,34 @@ import time
 from dataclasses import replace
 
 from cluster import Cluster, wait_for
-from scenarios import Failover, Lab
+from scenarios import Failover, Lab, failure_text
 from timeline import read_spans
 
 NEXUS = re.compile(r"^\s+I_T nexus: (\d+)", re.M)
 TARGET = re.compile(r"^Target (\d+): (\S+)", re.M)
 
 
-def sessions(cluster: Cluster) -> dict[str, set[str]]:
-    """Node -> "iqn/nexus@tgtd pid" of every iSCSI session its tgtd serves (a new tgtd
-    numbers its sessions from 1 again)."""
-    found = {}
+def shown_targets(cluster: Cluster) -> dict[str, dict[str, str]]:
+    """Node -> IQN -> that target's part of its tgtd's show output (powered nodes)."""
+    shown = {}
     for node in cluster.nodes:
-        if not node.powered:
-            continue
-        show = node.run("tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show", check=False).stdout
-        heads = list(TARGET.finditer(show))
-        pid = ",".join(str(p) for p in sorted(node.pids("tgtd")))
-        found[node.name] = {f"{head.group(2)}/{nexus}@{pid}"
-                            for head, end in zip(heads, heads[1:] + [None])
-                            for nexus in NEXUS.findall(show, head.end(), end.start() if end else len(show))}
-    return found
+        if node.powered:
+            show = node.run("tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show", check=False).stdout
+            blocks = (TARGET.match(block) for block in re.split(r"^(?=Target \d+: )", show, flags=re.M))
+            shown[node.name] = {head.group(2): head.string for head in blocks if head is not None}
+    return shown
 
 
 def tgtd_pids(cluster: Cluster) -> dict[str, list[int]]:
     return {node.name: sorted(node.pids("tgtd")) for node in cluster.nodes if node.powered}
+
+
+def sessions(shown: dict[str, dict[str, str]], pids: dict[str, list[int]]) -> dict[str, set[str]]:
+    """Node -> "iqn/nexus@tgtd pids" of every iSCSI session its tgtd serves (a new tgtd
+    numbers its sessions from 1 again)."""
+    return {node: {f"{iqn}/{nexus}@{','.join(map(str, pids.get(node, [])))}"
+                   for iqn, block in targets.items() for nexus in NEXUS.findall(block)}
+            for node, targets in shown.items()}
 
 
 def agents(cluster: Cluster) -> dict[str, str]:
@@ -66,20 +69,15 @@ def agents(cluster: Cluster) -> dict[str, str]:
     return {} if status is None else {r.get("id"): r.get("resource_agent", "") for r in status.iter("resource")}
 
 
-def bound_accounts(cluster: Cluster, iqns: set[str]) -> dict[str, list[str]]:
+def bound_accounts(shown: dict[str, dict[str, str]], iqns: set[str]) -> dict[str, list[str]]:
     """iqn (of ``iqns``) -> its incoming accounts, on the node that runs it."""
     bound = {}
-    for node in cluster.nodes:
-        if not node.powered:
-            continue
-        show = node.run("tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show", check=False).stdout
-        for block in re.split(r"^(?=Target \d+: )", show, flags=re.M):
-            head = TARGET.match(block)
-            if head is None or head.group(2) not in iqns:
-                continue
-            accounts = block.split("Account information:", 1)[-1].split("ACL information:", 1)[0]
-            bound[head.group(2)] = [line.strip() for line in accounts.splitlines()
-                                    if line.strip() and "(outgoing)" not in line]
+    for targets in shown.values():
+        for iqn, block in targets.items():
+            if iqn in iqns:
+                accounts = block.split("Account information:", 1)[-1].split("ACL information:", 1)[0]
+                bound[iqn] = [line.strip() for line in accounts.splitlines()
+                              if line.strip() and "(outgoing)" not in line]
     return bound
 
 
@@ -90,7 +88,8 @@ def migrate(lab: Lab, number: int) -> Failover:
     tool = lab.config_tool
     work = cluster.run_dir / f"migrate-{number}"
     work.mkdir(exist_ok=True)
-    before_sessions, before_pids = sessions(cluster), tgtd_pids(cluster)
+    before_pids = tgtd_pids(cluster)
+    before_sessions = sessions(shown_targets(cluster), before_pids)
     ids = topology.resource_ids()
     facts: dict = {"tool": tool, "control": lab.migrate_control or None, "steps": []}
 
@@ -153,15 +152,15 @@ def migrate(lab: Lab, number: int) -> Failover:
     # The first recurring monitors (every monitor_s) take the accounts over; then look.
     time.sleep(topology.monitor_s + 2)
     end = time.time()
-    after_sessions, after_pids = sessions(cluster), tgtd_pids(cluster)
-    record.failed_actions += [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
-                              for f in lab.new_failures()]
+    after_shown, after_pids = shown_targets(cluster), tgtd_pids(cluster)
+    after_sessions = sessions(after_shown, after_pids)
+    record.failed_actions += [failure_text(f) for f in lab.new_failures()]
     spans = read_spans(cluster.pacemaker_logs(), record.started_wall, end)
     running = agents(cluster)
-    accounts = bound_accounts(cluster, {t.iqn for t in topology.targets})
-    taken_over = [t.iqn for t in topology.targets if any(
-        f"target {t.iqn} " in line and "taken as this resource's own" in line
-        for log in cluster.pacemaker_logs() for line in _lines(log))]
+    accounts = bound_accounts(after_shown, {t.iqn for t in topology.targets})
+    takeovers = [line for log in cluster.pacemaker_logs() for line in _lines(log)
+                 if "taken as this resource's own" in line]
+    taken_over = [t.iqn for t in topology.targets if any(f"target {t.iqn} " in line for line in takeovers)]
     facts.update({
         "restarts": [f"{s.resource} {s.op} on {s.node}" for s in spans
                      if s.op in ("start", "stop") and s.resource in ids],

@@ -57,6 +57,11 @@ class Failover:
     migration: dict = field(default_factory=dict)            # the migrate scenario's checks (migrate.py)
 
 
+def failure_text(failure: dict[str, str]) -> str:
+    """One failed action as the report shows it."""
+    return f"{failure.get('op_key')} on {failure.get('node')}: {failure.get('exitreason') or failure.get('status')}"
+
+
 class Lab:
     """The running cluster, topology, initiators and prober the scenarios act on."""
 
@@ -165,7 +170,7 @@ class Lab:
         if self.fleet is not None:
             self._kernel_side(record, end)
         for failure in failures + self.new_failures():
-            text = f"{failure.get('op_key')} on {failure.get('node')}: {failure.get('exitreason') or failure.get('status')}"
+            text = failure_text(failure)
             (record.injected_failures if injected(failure) or hidden is not None
              else record.failed_actions).append(text)
         targets = [t for t in self.topology.targets if t.group in affected_groups]
@@ -212,8 +217,7 @@ class Lab:
         name = f"unsettled-{record.scenario}-{record.number}"
         status = self.cluster.crm_mon_text()
         (run_dir / f"{name}.crm_mon.xml").write_text(status)
-        failures = [f"{f.get('op_key')} on {f.get('node')}: {f.get('exitreason') or f.get('status')}"
-                    for f in self.cluster.failures()]
+        failures = [failure_text(f) for f in self.cluster.failures()]
         tails = {}
         for node, log in zip(self.cluster.nodes, self.cluster.pacemaker_logs()):
             try:
