@@ -80,9 +80,15 @@ class Node:
         self.cluster.set_power(self.name, "on")
 
     def power_off(self) -> None:
-        """Hard power-off: SIGKILL to PID 1 takes every process of the node with it."""
+        """Hard power-off: SIGKILL to PID 1 takes every process of the node with it.
+        The node's links go dark first: a machine losing power sends nothing,
+        while processes killed under a live network close their connections
+        (tgtd's resets told every initiator of the failure at once, which a
+        real power-off never does)."""
         was_on = self.powered
         if was_on:
+            if not self.cluster.tearing_down:
+                self.unplug()
             os.kill(self.pid1, signal.SIGKILL)
         if self._boot is not None:
             try:
@@ -105,6 +111,11 @@ class Node:
         run(["ip", "-n", self.cluster.switch, "link", "del", self.switch_port], check=False)
         run(["ip", "-n", self.cluster.switch, "link", "del", self.switch_port + "b"], check=False)
         self.plug()
+
+    def unplug(self) -> None:
+        """The switch's side of the node's links down: nothing in or out."""
+        for port in (self.switch_port, self.switch_port + "b"):
+            run(["ip", "-n", self.cluster.switch, "link", "set", port, "down"], check=False)
 
     def plug(self) -> None:
         """Into the switch: eth0 on the first network, eth1 on the second if there is one."""
