@@ -49,6 +49,7 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
         "path_io_errors": sum(len(f.path_errors) for f in failovers),
         "cpu": cpu_figures(failovers),
         "action_times": action_times(failovers),
+        "lost_nodes": lost_node_figures(failovers),
         "details": [{
             "action": f.action,
             "settled_s": _round(f.settled_s),
@@ -76,6 +77,24 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             **({"migration": f.migration} if f.migration else {}),
         } for f in failovers],
     }
+
+
+def lost_node_figures(failovers: list[Failover]) -> dict:
+    """For failovers that lost a node: how often it was the DC, and the medians of
+    detection, of the wait from detection to the fencing request (whether the DC
+    was lost or not: a new DC holds an election and a join first) and of fencing."""
+    lost = [f.cluster for f in failovers if f.cluster.get("fencing_s") is not None
+            and f.cluster.get("detection_s") is not None]
+    if not lost:
+        return {}
+
+    def p50(values: list[float]) -> float | None:
+        return _round(percentile(values, 50)) if values else None
+    waits = {dc: [c["fencing_s"] - c["detection_s"] for c in lost if c["dc_lost"] == dc] for dc in (True, False)}
+    return {"lost": len(lost), "dc_lost": sum(1 for c in lost if c["dc_lost"]),
+            "detection_p50_s": p50([c["detection_s"] for c in lost]),
+            "to_fencing_p50_s_dc_lost": p50(waits[True]), "to_fencing_p50_s_dc_kept": p50(waits[False]),
+            "fencing_p50_s": p50([c["fenced_s"] - c["fencing_s"] for c in lost if c.get("fenced_s") is not None])}
 
 
 def pause_figures(failovers: list[Failover], luns: set[str]) -> dict:
@@ -164,6 +183,12 @@ def table(report: dict) -> str:
         if slowest:
             lines.append(f"{s['name']}: slowest actions: "
                          + ", ".join(f"{k} {v:.2f}s" for v, k in reversed(slowest)))
+    for s in report["scenarios"]:
+        if (lost := s.get("lost_nodes")):
+            lines.append(f"{s['name']}: the lost node was the DC in {lost['dc_lost']} of {lost['lost']}; detection "
+                         f"p50 {_s(lost['detection_p50_s'])}, then to the fencing request p50 "
+                         f"{_s(lost['to_fencing_p50_s_dc_lost'])} (DC lost) / {_s(lost['to_fencing_p50_s_dc_kept'])}"
+                         f" (DC kept), fencing p50 {_s(lost['fencing_p50_s'])}")
     for s in report["scenarios"]:
         for detail in s["details"]:
             if detail.get("migration"):

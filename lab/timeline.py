@@ -25,6 +25,11 @@ from pathlib import Path
 _STAMP = re.compile(r"^(\w{3} \d{1,2} \d\d:\d\d:\d\d)(\.\d+)? ")
 _RESULT = re.compile(r"Result of (\w+) operation for (\S+) on (\S+): (.+?)(?: \||$)")
 _LOST = re.compile(r"Node (\S+) state is now lost")
+# Milestones of a lost node: it was the DC (the survivor holds an election and a
+# join first), its fencing asked for, and done.
+_DC_LOST = re.compile(r"Our DC node \((\S+)\) left the cluster")
+_FENCING = re.compile(r"Requesting fencing \(\w+\) of node (\S+)")
+_FENCED = re.compile(r"Peer (\S+) was terminated \(\w+\) by \S+ on behalf of \S+: OK")
 # A failed monitor, or a failure reported with crm_resource --fail (the tgtd agent's
 # exit watcher): Pacemaker records that as an "asyncmon" operation.
 DETECTING = ("monitor", "asyncmon")
@@ -80,6 +85,10 @@ def read_events(logs: list[Path], since: float) -> list[Event]:
                 events.append(Event(at, *result.groups()))
             elif (lost := _LOST.search(line)):
                 events.append(Event(at, "lost", "", lost.group(1), ""))
+            else:
+                for kind, pattern in (("dc-lost", _DC_LOST), ("fencing", _FENCING), ("fenced", _FENCED)):
+                    if (match := pattern.search(line)):
+                        events.append(Event(at, kind, "", match.group(1), "ok"))
     events.sort(key=lambda e: e.at)
     # Each node logs the results it learns of, so the same event can appear twice.
     unique, seen = [], set()
@@ -103,11 +112,18 @@ def cluster_side(events: list[Event], started: float, members: set[str], unblock
     unblocked = {e.resource: e for e in events if e.kind == "start" and e.resource in unblocks and e.ok}
     last_unblock = max(unblocked.values(), key=lambda e: e.at) if len(unblocked) == len(unblocks) else None
     begin = min((e for e in (first_stop, detection) if e is not None), key=lambda e: e.at, default=None)
+
+    def first(kind: str) -> Event | None:
+        return next((e for e in events if e.kind == kind and e.node == victim), None)
     return {
         "detection_s": offset(detection),
         # every way the failure was seen, first first: "asyncmon" is tgtd's exit watcher
         "detected_by": list(dict.fromkeys(e.kind for e in detecting)),
         "first_stop_s": offset(first_stop),
+        # a lost node: was it the DC, when its fencing was asked for and done
+        "dc_lost": first("dc-lost") is not None,
+        "fencing_s": offset(first("fencing")),
+        "fenced_s": offset(first("fenced")),
         "last_unblock_s": offset(last_unblock),
         "cluster_s": None if last_unblock is None or begin is None
         else round(last_unblock.at - begin.at, 3),

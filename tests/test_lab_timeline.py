@@ -65,4 +65,27 @@ def test_a_failure_reported_by_crm_resource_fail_is_the_detection(tmp_path):
     events = timeline.read_events([log], started)
     side = timeline.cluster_side(events, started, {"p_unblock_t1"}, {"p_unblock_t1"}, "node1")
     assert side == {"detection_s": 0.916, "detected_by": ["asyncmon"], "first_stop_s": 1.1,
+                    "dc_lost": False, "fencing_s": None, "fenced_s": None,
                     "last_unblock_s": 2.5, "cluster_s": 1.584}
+
+
+# A powered-off DC, as the survivor logged it (Pacemaker 2.1.5, the lab): its controller
+# held the scheduler 1 s (controld_schedulerd.c sleeps while its own CIB updates are pending).
+DC_POWERED_OFF = """\
+{d} 02:43:31.807 node1 pacemaker-controld  [64] (update_peer_state_iter) 	notice: Node node2 state is now lost | nodeid=2 previous=member source=pcmk__reap_unseen_nodes
+{d} 02:43:31.807 node1 pacemaker-controld  [64] (reap_dead_nodes) 	warning: Our DC node (node2) left the cluster
+{d} 02:43:32.963 node1 pacemaker-controld  [64] (controld_execute_fence_action) 	notice: Requesting fencing (reboot) of node node2 | action=1 timeout=60000
+{d} 02:43:33.187 node1 pacemaker-controld  [64] (handle_fence_notification) 	notice: Peer node2 was terminated (reboot) by node1 on behalf of pacemaker-controld.64@node1: OK | event=30aea6a5
+{d} 02:43:34.500 node1 pacemaker-controld  [64] (log_executor_event) 	notice: Result of start operation for p_unblock_t1 on node1: ok | CIB update 99, graph action confirmed; call=120 key=p_unblock_t1_start_0 rc=0
+"""
+
+
+def test_a_lost_dc_and_its_fencing_are_milestones_of_the_failover(tmp_path):
+    day = time.strftime("%b %d")
+    log = tmp_path / "pacemaker.log"
+    log.write_text(DC_POWERED_OFF.format(d=day))
+    started = time.mktime(time.strptime(f"{time.localtime().tm_year} {day} 02:43:29", "%Y %b %d %H:%M:%S"))
+    side = timeline.cluster_side(timeline.read_events([log], started), started, {"p_unblock_t1"},
+                                 {"p_unblock_t1"}, "node2")
+    assert (side["detection_s"], side["dc_lost"], side["fencing_s"], side["fenced_s"]) == (2.807, True, 3.963, 4.187)
+    assert side["cluster_s"] == 2.693
