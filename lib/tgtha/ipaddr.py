@@ -43,6 +43,7 @@ class IPaddr2(ocf.Agent):
         "arp_interval": "200",
         "nodad": "false",
         "run_arping": "false",
+        "tickle_dir": "",
         **{name: "" for name in UNSUPPORTED},
     }
 
@@ -171,7 +172,7 @@ class IPaddr2(ocf.Agent):
         if configured:
             raise OCFError(ERR_CONFIGURED, f"not supported by ocf:tgtha:IPaddr2: {', '.join(configured)}"
                                            " (use ocf:heartbeat:IPaddr2 for them)")
-        self.address, self.prefixlen, self.nic, self.arp_count, self.arp_interval_ms, self.nodad
+        self.address, self.prefixlen, self.nic, self.arp_count, self.arp_interval_ms, self.nodad, self.tickle_dir
         if self.param("broadcast") and self.family == 4:
             try:
                 Network.parse(self.param("broadcast"))
@@ -196,6 +197,7 @@ class IPaddr2(ocf.Agent):
         if not self._held():
             raise OCFError(ERR_GENERIC, f"{address.address} is not on {nic} after adding it")
         self._announce(nic, prefixlen)
+        self._tickle_clients()
         ocf.log_info(f"{address.address}/{prefixlen} on {nic}")
         return SUCCESS
 
@@ -226,7 +228,32 @@ class IPaddr2(ocf.Agent):
             raise OCFError(ERR_GENERIC, f"{self.address.address}: duplicate address detected on the network")
         return SUCCESS
 
+    @property
+    def tickle_dir(self) -> str:
+        value = self.param("tickle_dir")
+        if value and not os.path.isabs(value):
+            raise OCFError(ERR_CONFIGURED, f"tickle_dir={value!r} must be an absolute path")
+        if value and not os.path.isdir(value):
+            raise OCFError(ERR_INSTALLED, f"tickle_dir {value} does not exist")
+        return value
+
     # ------------------------------------------------------------ helpers
+
+    # After the gratuitous ARP has gone out (send_arp starts in the background):
+    # a client's answer to a tickle that came first would go to the old node.
+    TICKLE_AFTER_S = (0.1, 0.7)
+
+    def _tickle_clients(self) -> None:
+        """Tickle the clients portblock's unblock recorded for this address on the
+        node that had it: those of a dead node learn now that their connection
+        is gone (with portblock method=reset, the block answers them with a
+        reset), not at their next retransmission or at the unblock."""
+        if not self.tickle_dir:
+            return
+        from .tickle import recorded_connections, tickle_later
+        data = recorded_connections(self.tickle_dir, self.address.address)
+        if data:
+            tickle_later(data, self.TICKLE_AFTER_S)
 
     def _bring_up(self, nic: str) -> None:
         """The stock agent brings the interface up too (rare: only when it is down)."""

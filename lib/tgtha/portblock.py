@@ -88,11 +88,13 @@ class Portblock(ocf.Agent):
     @property
     def method(self) -> str:
         value = self.param("method")
-        if value not in ("drop", "reject", "silent"):
-            raise OCFError(ERR_CONFIGURED, f"method={value!r}: must be drop, reject or silent")
+        if value not in ("drop", "reject", "silent", "reset"):
+            raise OCFError(ERR_CONFIGURED, f"method={value!r}: must be drop, reject, silent or reset")
         if value == "silent" and (self.protocol != "tcp" or self.direction != "both"):
             # in alone lets the resets of closed connections out; out alone lets clients reach the service
             raise OCFError(ERR_CONFIGURED, "method=silent needs protocol=tcp and direction=both")
+        if value == "reset" and (self.protocol != "tcp" or self.direction != "in"):
+            raise OCFError(ERR_CONFIGURED, "method=reset needs protocol=tcp and direction=in")
         return value
 
     @property
@@ -146,6 +148,14 @@ class Portblock(ocf.Agent):
             return [BlockRule("INPUT", protocol, ports, network, "drop"),
                     BlockRule("OUTPUT", protocol, ports, network, "reject", resets_pass=False),
                     BlockRule("INPUT", protocol, ports, network, "reject", syn_only=True)]
+        if method == "reset":
+            # A client's packets on a connection it believes open are answered with a
+            # reset: on a node taking the address over (no such connection here) it
+            # learns at once that its old one is gone, and reconnects while the
+            # service is still being made; its connection attempts are dropped
+            # until the unblock, as with drop.
+            return [BlockRule("INPUT", protocol, ports, network, "drop", syn_only=True),
+                    BlockRule("INPUT", protocol, ports, network, "reject", not_syn=True)]
         return [BlockRule(chain, protocol, ports, network, method) for chain in chains]
 
     @property
@@ -490,49 +500,13 @@ class Portblock(ocf.Agent):
             ocf.log_info(f"{self._describe()}: dropped {dropped} TIME-WAIT socket(s)")
 
     def _tickle_remote(self) -> None:
-        """Send tickle ACKs to the clients recorded by the previous node."""
+        """Send tickle ACKs to the clients recorded by the previous node, now and once more."""
         if not self.tickle_dir:
             return
-        state_file = os.path.join(self.tickle_dir, self.network.address)
-        if not os.access(state_file, os.R_OK):
-            return
-        from .proc import run
-        tickle_tcp = os.path.join(os.environ.get("HA_BIN", "/usr/libexec/heartbeat"), "tickle_tcp")
-        with open(state_file, "rb") as connections:
-            data = connections.read()
-        try:
-            result = run([tickle_tcp, "-n", "3"], self.deadline, stdin=data)
-        except OCFError as err:
-            ocf.log_warning(f"tickle: {err.reason}")
-            return
-        if not result.ok:
-            ocf.log_warning(f"tickle_tcp failed: {result.err.strip()}")
-            return
-        self._tickle_again_later(tickle_tcp, data)
-
-    # A client answers a tickle with an ACK, and sends at most one such ACK per
-    # tcp_invalid_ratelimit (500 ms) per connection: if it sent one just before
-    # (to a TIME-WAIT socket here, or to the old node), the tickle goes
-    # unanswered and the client waits for its next retransmission, seconds away.
-    TICKLE_AGAIN_AFTER_S = 0.6
-
-    def _tickle_again_later(self, tickle_tcp: str, data: bytes) -> None:
-        """The same tickles once more, from a detached process: the start does not wait."""
-        try:
-            # memfd, not tempfile: importing tempfile (shutil, re, random ...)
-            # cost more than the rest of this start on the failover's path.
-            with open(os.memfd_create("tickles"), "w+b") as copy, open(os.devnull, "wb") as null:
-                copy.write(data)
-                copy.flush()
-                os.lseek(copy.fileno(), 0, os.SEEK_SET)
-                os.posix_spawn("/bin/sh", ["sh", "-c", f'sleep {self.TICKLE_AGAIN_AFTER_S}; exec "$0" -n 3',
-                                           tickle_tcp],
-                               dict(os.environ, LC_ALL="C"), setsid=True, file_actions=[
-                                   (os.POSIX_SPAWN_DUP2, copy.fileno(), 0),
-                                   (os.POSIX_SPAWN_DUP2, null.fileno(), 1),
-                                   (os.POSIX_SPAWN_DUP2, null.fileno(), 2)])
-        except OSError as err:
-            ocf.log_warning(f"tickle: cannot tickle again: {err}")
+        from .tickle import recorded_connections, tickle_later, tickle_now
+        data = recorded_connections(self.tickle_dir, self.network.address)
+        if data and tickle_now(data, self.deadline):
+            tickle_later(data)
 
     # -------------------------------------------------------------- plumbing
 

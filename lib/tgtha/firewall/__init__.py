@@ -37,21 +37,24 @@ class BlockRule:
     chain "INPUT" matches destination address and ports (traffic to us),
     chain "OUTPUT" matches source address and ports (traffic from us).
     method "drop" drops; "reject" answers TCP with a reset (UDP: port unreachable).
+    ``syn_only`` matches TCP connection attempts only, ``not_syn`` every other TCP packet.
     """
 
-    __slots__ = ("chain", "protocol", "ports", "network", "method", "resets_pass", "syn_only")
+    __slots__ = ("chain", "protocol", "ports", "network", "method", "resets_pass", "syn_only", "not_syn")
 
     def __init__(self, chain: str, protocol: str, ports: PortSet, network: Network, method: str,
-                 resets_pass: bool = True, syn_only: bool = False) -> None:
+                 resets_pass: bool = True, syn_only: bool = False, not_syn: bool = False) -> None:
         self.chain = chain
         self.protocol = protocol
         self.ports = ports
         self.network = network
         self.method = method
         self.resets_pass = resets_pass
-        # Only connection attempts (TCP SYN), refused with ICMP port unreachable:
-        # no TCP reset, which the silent mode's OUTPUT rule would swallow.
+        # Only connection attempts (TCP SYN); rejected, they are refused with ICMP port
+        # unreachable: no TCP reset, which the silent mode's OUTPUT rule would swallow.
         self.syn_only = syn_only
+        # Every TCP packet but a connection attempt: rejected, answered with a reset.
+        self.not_syn = not_syn
 
     @property
     def family(self) -> int:
@@ -73,8 +76,14 @@ class BlockRule:
         """The rule's comment: what it is, readable, within nft's 128 bytes (a long
         port list on an IPv6 network is longer: then a digest of the same text)."""
         # A reject rule that keeps resets in, or one for connection attempts only, is a different rule.
-        method = "silent" if self.chain == "OUTPUT" and self.protocol == "tcp" and not self.resets_pass \
-            else "refuse-syn" if self.syn_only else self.method
+        if self.chain == "OUTPUT" and self.protocol == "tcp" and not self.resets_pass:
+            method = "silent"
+        elif self.syn_only:
+            method = "refuse-syn" if self.method == "reject" else f"{self.method}-syn"
+        elif self.not_syn:
+            method = f"{self.method}-not-syn"
+        else:
+            method = self.method
         full = f"{TAG_PREFIX}:{self.protocol}:{self.ports.iptables()}:{self.network}:{method}"
         if len(full) <= MAX_COMMENT:
             return full
@@ -83,7 +92,8 @@ class BlockRule:
 
     def __str__(self) -> str:
         side = "to" if self.matches_destination else "from"
-        what = "refuse new connections" if self.syn_only else self.method
+        what = (("refuse" if self.method == "reject" else self.method) + " new connections" if self.syn_only
+                else f"{self.method} all but new connections" if self.not_syn else self.method)
         return f"{self.chain} {what} {self.protocol} {side} {self.network} port {self.ports}"
 
     def __repr__(self) -> str:

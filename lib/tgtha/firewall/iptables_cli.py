@@ -84,6 +84,8 @@ def rule_spec(rule: BlockRule) -> list[str]:
         spec += ["-m", "tcp", "!", "--tcp-flags", "RST", "RST"]
     if rule.syn_only:
         spec += ["-m", "tcp", "--syn"]
+    if rule.not_syn:
+        spec += ["-m", "tcp", "!", "--syn"]
     spec += ["-m", "comment", "--comment", rule.tag]
     if rule.method == "drop":
         return spec + ["-j", "DROP"]

@@ -110,5 +110,6 @@ def rule_expression(rule: BlockRule) -> str:
     verdict = "drop" if rule.method == "drop" \
         else "reject with tcp reset" if rule.protocol == "tcp" and not rule.syn_only else "reject"
     not_reset = " tcp flags & rst == 0" if rule.lets_resets_out else ""
-    syn = " tcp flags & (fin | syn | rst | ack) == syn" if rule.syn_only else ""
+    syn = " tcp flags & (fin | syn | rst | ack) == syn" if rule.syn_only \
+        else " tcp flags & (fin | syn | rst | ack) != syn" if rule.not_syn else ""
     return f'{address} {rule.protocol} {side}port {rule.ports.nft()}{not_reset}{syn} {verdict} comment "{rule.tag}"'

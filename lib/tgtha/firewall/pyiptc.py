@@ -83,6 +83,8 @@ class PythonIptables(Firewall):
             built.create_match("tcp").tcp_flags = ["!", "RST", "RST"]
         if rule.syn_only:
             built.create_match("tcp").syn = "1"
+        if rule.not_syn:
+            built.create_match("tcp").syn = "!1"
         comment = built.create_match("comment")
         comment.comment = rule.tag
         target_name = spec[spec.index("-j") + 1]
