@@ -28,11 +28,14 @@ for n in 1 2 3 4 5 6; do
     iqn=iqn.2026-12.com.example:storage.t$n
     if [ $((n % 2)) = 1 ]; then node=node1; else node=node2; fi
     # block -> (VIP, target -> LUNs) -> unblock; initiators see a pause, never an error.
-    # method=drop direction=in: for open-iscsi initiators (the block closes tgtd's connections,
-    # the resets reach them at once); QEMU's libiscsi: method=silent direction=both (README).
+    # method=reset direction=in: for open-iscsi initiators (the block closes tgtd's connections,
+    # the resets reach them at once; after a power-off, the VIP's tickles and the block's resets
+    # tell them as soon as the address is up); QEMU's libiscsi: method=silent direction=both,
+    # and no tickle_dir on the VIP (README).
     $PCS resource create p_block_t$n ocf:tgtha:portblock ip=$vip portno=3260 protocol=tcp \
-        action=block method=drop direction=in
-    $PCS resource create p_vip_t$n ocf:tgtha:IPaddr2 ip=$vip cidr_netmask=24 nic=eth0 op monitor interval=10s
+        action=block method=reset direction=in
+    $PCS resource create p_vip_t$n ocf:tgtha:IPaddr2 ip=$vip cidr_netmask=24 nic=eth0 \
+        tickle_dir=/srv/tgtha/tickle op monitor interval=10s
     $PCS resource create p_target_t$n ocf:tgtha:iSCSITarget iqn=$iqn portals=$vip:3260 \
         allowed_initiators=198.51.100.0/24 incoming_username=initiators op monitor interval=10s
     $PCS resource create p_lun_t${n}_1 ocf:tgtha:iSCSILogicalUnit target_iqn=$iqn lun=1 \
@@ -40,7 +43,7 @@ for n in 1 2 3 4 5 6; do
     $PCS resource create p_lun_t${n}_2 ocf:tgtha:iSCSILogicalUnit target_iqn=$iqn lun=2 \
         path=/dev/drbd/by-res/t$n/1 op monitor interval=10s
     $PCS resource create p_unblock_t$n ocf:tgtha:portblock ip=$vip portno=3260 protocol=tcp \
-        action=unblock method=drop direction=in tickle_dir=/srv/tgtha/tickle
+        action=unblock method=reset direction=in tickle_dir=/srv/tgtha/tickle
     for member in p_vip_t$n p_target_t$n p_lun_t${n}_1 p_lun_t${n}_2 p_unblock_t$n; do
         $PCS constraint colocation add $member with p_block_t$n INFINITY
     done

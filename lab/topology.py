@@ -88,7 +88,7 @@ class Topology:
     nodes: list[str]
     targets: list[Target]
     chap_password: str
-    block_method: str = "silent"    # tgtha portblock: "silent", "reject" or "drop" (INPUT only)
+    block_method: str = "silent"    # tgtha portblock: "silent", "reject", "drop" or "reset" (INPUT only)
     layout: str = "sets"            # "sets" or "group", see the module docstring
     tickle_dir: str = ""            # shared by the nodes (tgtha unblock: tickle ACKs)
     initiator_addresses: list[str] = field(default_factory=lambda: [CLIENT_IP])   # the targets' ACL
@@ -151,7 +151,10 @@ class Topology:
             # after refused attempts while the group moves.
             # "drop" is the stock agent's INPUT drop: what the connections' close sends
             # (a reset) reaches the initiators at once, new connections are dropped.
-            block.update(method=self.block_method, direction="in" if self.block_method == "drop" else "both")
+            # "reset" is drop that also answers the initiators of a powered-off node
+            # with a reset once the VIP (which tickles them) is up on the new node.
+            block.update(method=self.block_method,
+                         direction="in" if self.block_method in ("drop", "reset") else "both")
         account = {"incoming_username": self.chap_user(target)}
         if self.stack == "stock" or self.own_accounts:
             # Stock has no shared account: every target makes (and deletes) its own.
@@ -167,8 +170,11 @@ class Topology:
                    if self.portblock]
         if self.portal == "vip":
             # Ours: same parameters, through rtnetlink instead of ~43 processes per start.
+            vip = {"cidr_netmask": "24"}
+            if self.stack == "tgtha" and self.tickle_dir and self.block_method == "reset":
+                vip["tickle_dir"] = self.tickle_dir     # only then: the block answers the tickles' replies
             members += [Primitive(f"p_vip{suffix}_{target.name}", f"ocf:{provider}:IPaddr2",
-                                  {"ip": address, "cidr_netmask": "24", "nic": nic}) for suffix, address, nic in portals]
+                                  {"ip": address, **vip, "nic": nic}) for suffix, address, nic in portals]
         members.append(Primitive(f"p_target_{target.name}", f"ocf:{provider}:iSCSITarget", target_params))
         for lun, path in zip(target.lun_numbers(), target.lun_paths):
             members.append(Primitive(f"p_lun_{target.name}_{lun}", f"ocf:{provider}:iSCSILogicalUnit",
