@@ -11,8 +11,8 @@ LAB_TOKEN_MS=1000 (Corosync's token timeout)
 LAB_INJECT=scenario:number,... (a start that fails on purpose in those failovers)
 LAB_DISKS=tmpfs|host (where the LUN files live, see disks.py)
 LAB_REBOOT_DELAY_S=15 (a fenced node is powered on again after this long)
-LAB_BLOCK=drop|silent|reject (tgtha portblock's method, see topology.py; default
-drop for kernel initiators, silent for libiscsi)
+LAB_BLOCK=drop|silent|reject|reset (tgtha portblock's method, see topology.py; default
+reset for kernel initiators, silent for libiscsi)
 LAB_LAYOUT=sets|group (a target's resources: ordered sets or one group, see
 topology.py; default sets with STACK=tgtha, group with STACK=stock)
 LAB_INITIATOR=kernel|libiscsi|both (Linux guests with open-iscsi and a file system
@@ -109,7 +109,7 @@ class Settings:
         # a dropped SYN that TCP retries after 1 s, not a refusal after which iscsid
         # waits 3 s); libiscsi: silent (it reconnects at once on a reset and would back
         # off on dropped SYNs).
-        self.block_method = env.get("LAB_BLOCK") or ("silent" if self.initiator == "libiscsi" else "drop")
+        self.block_method = env.get("LAB_BLOCK") or ("silent" if self.initiator == "libiscsi" else "reset")
         self.guests = int(env.get("LAB_GUESTS") or "2")
         self.multipath = (env.get("LAB_MULTIPATH") or "0") == "1"
         # open-iscsi's README (8.1.3): with dm-multipath's queueing, 5 to 15 s, so that a
@@ -128,7 +128,7 @@ class Settings:
         problems = [s for s in self.scenarios if s not in SCENARIOS or (self.migrating and self.scenarios != [s])
                     or (self.portal == "static" and s not in STATIC_PORTAL_SCENARIOS + ["outage"])
                     or (s == "lose-network" and not self.multipath)]
-        if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject", "drop") \
+        if problems or self.disks not in ("tmpfs", "host") or self.block_method not in ("silent", "reject", "drop", "reset") \
                 or self.layout not in ("sets", "group") or self.initiator not in ("libiscsi", "kernel", "both") \
                 or not 1 <= self.guests <= 9 or self.token_ms < 100 \
                 or min(self.monitor_s, self.tgtd_monitor_s, self.node_action_limit) < 1 \
@@ -140,6 +140,20 @@ class Settings:
                 or (self.migrating and (self.stack != "tgtha" or self.layout != "group" or self.portal != "vip"
                                         or self.multipath)):
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
+
+
+def tickle_records_made(topology: Topology, since: float) -> bool:
+    """Has every portal's unblock recorded its connections in the shared tickle_dir
+    since ``since`` (epoch: when every initiator was connected)? Each monitor
+    writes the whole record anew."""
+    for target in topology.targets:
+        for _, address, _ in topology.portals(target):
+            try:
+                if (Path(topology.tickle_dir) / address).stat().st_mtime < since:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
 class Progress:
@@ -537,6 +551,15 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
         run.serving = len(run.idle) < len(run.initiators)
         if not run.serving:
             progress("no initiator completed a single I/O: nothing to fail over")
+        elif "power-off" in settings.scenarios and settings.stack == "tgtha" and topology.portblock:
+            # After a power-off only tickles reset the initiators, sent to the connections
+            # the unblocks' monitors recorded: a load minutes old has been recorded, one
+            # seconds old (libiscsi connects when the load starts) not yet.
+            connected = time.time()
+            recorded = wait_for(lambda: tickle_records_made(topology, connected), settings.monitor_s + 10)
+            progress("every unblock has recorded its initiators' connections (tickle_dir)" if recorded
+                     else "some unblocks have not recorded connections (tickle_dir): a power-off resets"
+                          " those initiators only at their own retransmission")
         if run.serving:
             job.work(settings, cluster, lab, run)
         run.write_report(cluster, interrupted=False)
