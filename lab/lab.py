@@ -104,10 +104,11 @@ class Settings:
         # kernel by default: what users run (a default run takes ~9.5 min here, libiscsi ~7.5)
         self.initiator = env.get("LAB_INITIATOR") or "kernel"
         # The block that brings each kind of initiator back soonest (README, portblock):
-        # open-iscsi: drop (INPUT only: the close's resets reach it at the block, so
-        # iscsid's 2 s wait runs while the group moves, and a reconnect still blocked is
-        # a dropped SYN that TCP retries after 1 s, not a refusal after which iscsid
-        # waits 3 s); libiscsi: silent (it reconnects at once on a reset and would back
+        # open-iscsi: reset, drop's INPUT block (the close's resets reach it at the block,
+        # so iscsid's 2 s wait runs while the group moves, and a reconnect still blocked
+        # is a dropped SYN that TCP retries after 1 s, not a refusal after which iscsid
+        # waits 3 s) that also resets a dead node's initiators as the VIP, tickling them,
+        # comes up; libiscsi: silent (it reconnects at once on a reset and would back
         # off on dropped SYNs).
         self.block_method = env.get("LAB_BLOCK") or ("silent" if self.initiator == "libiscsi" else "reset")
         self.guests = int(env.get("LAB_GUESTS") or "2")
