@@ -143,20 +143,6 @@ class Settings:
             raise SystemExit(f"lab: bad settings (unknown scenarios {problems}?) see {__file__}'s docstring")
 
 
-def tickle_records_made(topology: Topology, since: float) -> bool:
-    """Has every portal's unblock recorded its connections in the shared tickle_dir
-    since ``since`` (epoch: when every initiator was connected)? Each monitor
-    writes the whole record anew."""
-    for target in topology.targets:
-        for _, address, _ in topology.portals(target):
-            try:
-                if (Path(topology.tickle_dir) / address).stat().st_mtime < since:
-                    return False
-            except OSError:
-                return False
-    return True
-
-
 class Progress:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
@@ -549,18 +535,10 @@ def run_lab(settings: Settings, progress: Progress, job) -> int:
                                 for kind in run.lun_kinds)
                  + (f"; NO I/O on {run.idle}" if run.idle else ""))
 
+        lab.resumed_wall = time.time()          # every initiator connected (power-off waits on it)
         run.serving = len(run.idle) < len(run.initiators)
         if not run.serving:
             progress("no initiator completed a single I/O: nothing to fail over")
-        elif "power-off" in settings.scenarios and settings.stack == "tgtha" and topology.portblock:
-            # After a power-off only tickles reset the initiators, sent to the connections
-            # the unblocks' monitors recorded: a load minutes old has been recorded, one
-            # seconds old (libiscsi connects when the load starts) not yet.
-            connected = time.time()
-            recorded = wait_for(lambda: tickle_records_made(topology, connected), settings.monitor_s + 10)
-            progress("every unblock has recorded its initiators' connections (tickle_dir)" if recorded
-                     else "some unblocks have not recorded connections (tickle_dir): a power-off resets"
-                          " those initiators only at their own retransmission")
         if run.serving:
             job.work(settings, cluster, lab, run)
         run.write_report(cluster, interrupted=False)

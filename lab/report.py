@@ -75,6 +75,7 @@ def summarize(name: str, failovers: list[Failover]) -> dict:
             "paths_not_back": f.paths_not_back,
             "path_io_errors": f.path_errors[:5],
             **({"migration": f.migration} if f.migration else {}),
+            **({"tickles_recorded": f.tickles_recorded} if f.tickles_recorded is not None else {}),
         } for f in failovers],
     }
 
@@ -185,6 +186,10 @@ def table(report: dict) -> str:
             lines.append(f"{s['name']}: slowest actions: "
                          + ", ".join(f"{k} {v:.2f}s" for v, k in reversed(slowest)))
     for s in report["scenarios"]:
+        unrecorded = sum(1 for d in s["details"] if d.get("tickles_recorded") is False)
+        if unrecorded:
+            lines.append(f"{s['name']}: {unrecorded} began before every unblock had recorded its initiators'"
+                         " connections (tickle_dir): those initiators were reset only by their own retransmission")
         if (lost := s.get("lost_nodes")):
             lines.append(f"{s['name']}: node lost (the DC in {lost['dc_lost']} of {lost['lost']}): detection p50 "
                          f"{_s(lost['detection_p50_s'])}, then the fencing request after p50 "

@@ -55,6 +55,9 @@ class Failover:
     paths_not_back: list[str] = field(default_factory=list)  # multipath maps short of a path
     path_errors: list[str] = field(default_factory=list)     # multipath: I/O errors of one path
     migration: dict = field(default_factory=dict)            # the migrate scenario's checks (migrate.py)
+    # A power-off: had every unblock recorded its initiators' current connections for the
+    # tickles (None: no tickle_dir), waited for up to a monitor interval before the power-off.
+    tickles_recorded: bool | None = None
 
 
 def failure_text(failure: dict[str, str]) -> str:
@@ -79,6 +82,19 @@ class Lab:
         self.restart_gaps_s = [0.0, 10.0]       # the "restart" scenario's gaps, in turn
         self.config_tool = "crm"                # what the migrate scenario drives: crm or pcs
         self.migrate_control = ""               # its negative control, if any (migrate.py)
+        self.resumed_wall = 0.0                 # epoch: every initiator connected (load start, a failover's end)
+
+    def tickle_records_made(self, since: float) -> bool:
+        """Has every portal's unblock recorded its connections in the shared tickle_dir
+        since ``since`` (epoch)? Each monitor writes the whole record anew."""
+        for target in self.topology.targets:
+            for _, address, _ in self.topology.portals(target):
+                try:
+                    if (Path(self.topology.tickle_dir) / address).stat().st_mtime < since:
+                        return False
+                except OSError:
+                    return False
+        return True
 
     def new_failures(self) -> list[dict[str, str]]:
         """Failed operations recorded since the last call. Failures are not
@@ -182,6 +198,7 @@ class Lab:
         until = record.started_wall + (end - record.started)
         record.actions = [span.relative_to(record.started_wall)
                           for span in read_spans(logs, record.started_wall, until)]
+        self.resumed_wall = time.time()
         return record
 
     def _kernel_side(self, record: Failover, end: float) -> None:
@@ -324,6 +341,14 @@ def standby_node(lab: Lab, number: int) -> Failover:
 
 
 def power_off_node(lab: Lab, number: int) -> Failover:
+    # After a power-off only the tickles reset the initiators, sent to the connections
+    # the unblocks' monitors recorded: a load older than a monitor interval has been
+    # recorded; the connections of a failover seconds ago (or of a load just begun)
+    # not yet. The lab waits for that, as a cluster's load would be older.
+    recorded = None
+    if lab.topology.stack == "tgtha" and lab.topology.portblock and lab.topology.tickle_dir:
+        since = lab.resumed_wall
+        recorded = wait_for(lambda: lab.tickle_records_made(since), lab.topology.monitor_s + 10)
     victim = _busiest_node(lab)
     groups = [g for g, n in lab.group_nodes().items() if n == victim]
     fences_before = len(lab.cluster.fence_log)
@@ -335,6 +360,7 @@ def power_off_node(lab: Lab, number: int) -> Failover:
     record = lab.failover("power-off", number, f"power off {victim} ({len(groups)} groups)",
                           lab.cluster.node(victim).power_off, groups, ready_extra=fenced_and_back,
                           victim=victim)
+    record.tickles_recorded = recorded
     return record
 
 
