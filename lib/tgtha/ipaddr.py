@@ -231,11 +231,10 @@ class IPaddr2(ocf.Agent):
     @property
     def tickle_dir(self) -> str:
         value = self.param("tickle_dir")
-        if value and not os.path.isabs(value):
-            raise OCFError(ERR_CONFIGURED, f"tickle_dir={value!r} must be an absolute path")
-        if value and not os.path.isdir(value):
-            raise OCFError(ERR_INSTALLED, f"tickle_dir {value} does not exist")
-        return value
+        if not value:
+            return ""
+        from .tickle import checked_tickle_dir
+        return checked_tickle_dir(value)
 
     # ------------------------------------------------------------ helpers
 

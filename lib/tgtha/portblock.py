@@ -250,10 +250,8 @@ class Portblock(ocf.Agent):
         if self.tickle_dir:
             if action != "unblock":
                 raise OCFError(ERR_CONFIGURED, "tickle_dir is only useful with action=unblock")
-            if not os.path.isabs(self.tickle_dir):
-                raise OCFError(ERR_CONFIGURED, f"tickle_dir={self.tickle_dir!r} must be an absolute path")
-            if not os.path.isdir(self.tickle_dir):
-                raise OCFError(ERR_INSTALLED, f"tickle_dir {self.tickle_dir} does not exist")
+            from .tickle import checked_tickle_dir
+            checked_tickle_dir(self.tickle_dir)
         self.sync_command
         self.firewall
 

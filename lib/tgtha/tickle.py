@@ -26,6 +26,16 @@ def tickle_tcp() -> str:
     return os.path.join(os.environ.get("HA_BIN", "/usr/libexec/heartbeat"), "tickle_tcp")
 
 
+def checked_tickle_dir(value: str) -> str:
+    """``value`` as a tickle_dir parameter: an absolute path to an existing directory
+    (6 otherwise, 5 when it is missing on this node)."""
+    if not os.path.isabs(value):
+        raise ocf.OCFError(ocf.ERR_CONFIGURED, f"tickle_dir={value!r} must be an absolute path")
+    if not os.path.isdir(value):
+        raise ocf.OCFError(ocf.ERR_INSTALLED, f"tickle_dir {value} does not exist")
+    return value
+
+
 def recorded_connections(tickle_dir: str, address: str) -> bytes:
     """The connections recorded for ``address`` (b"" when there is no record)."""
     try:
@@ -37,11 +47,10 @@ def recorded_connections(tickle_dir: str, address: str) -> bytes:
 
 def tickle_now(data: bytes, deadline: float) -> bool:
     """Send the tickles and wait for tickle_tcp; False (with a warning) when it could not."""
-    from .ocf_runtime import OCFError
     from .proc import run
     try:
         result = run([tickle_tcp(), "-n", "3"], deadline, stdin=data)
-    except OCFError as err:
+    except ocf.OCFError as err:
         ocf.log_warning(f"tickle: {err.reason}")
         return False
     if not result.ok:
