@@ -302,6 +302,62 @@ def test_tickle_dir_records_established_connections_of_a_running_unblock(host, s
         assert len(recorded) == 1 and recorded[0].startswith(f"{VIP}:{PORT}\t{VIP}:")
 
 
+# The delays of the records an unblock's start leaves behind (lib/tgtha/portblock.py).
+RECORD_AFTER_START_S = (3.0, 7.0)
+
+
+def recorders(state_dir) -> list[int]:
+    """The pids of the delayed recorders left by starts that used ``state_dir``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/environ", "rb") as environ:
+                if b"record_after_start" in cmdline.read() and str(state_dir).encode() in environ.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_an_unblock_records_clients_connecting_after_its_start_before_its_next_monitor(host, state_dir, tmp_path):
+    """After a failover the initiators reconnect over the next seconds: a power-off
+    within one monitor interval must still find them in the record."""
+    tickle = tmp_path / "tickle"
+    tickle.mkdir()
+    p = params("iptables", "unblock", tickle_dir=str(tickle))
+    began = time.monotonic()
+    assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+    assert time.monotonic() - began < 2, "the start does not wait for its delayed records"
+    with held_connections(host):
+        time.sleep(1)
+        assert not (tickle / VIP).exists(), "nothing recorded the client yet (no monitor ran)"
+        time.sleep(RECORD_AFTER_START_S[0])
+        recorded = (tickle / VIP).read_text().splitlines()
+        assert len(recorded) == 1 and recorded[0].startswith(f"{VIP}:{PORT}\t{VIP}:")
+    time.sleep(RECORD_AFTER_START_S[-1] - RECORD_AFTER_START_S[0])
+    assert (tickle / VIP).read_text() == "", "the second record sees the client gone"
+    assert recorders(state_dir) == []
+    assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+
+
+def test_a_stop_soon_after_the_start_keeps_the_last_record_its_own(host, state_dir, tmp_path):
+    """The stop records the clients and closes their connections; a delayed record
+    of the start written after it would leave the next node nobody to tickle."""
+    tickle = tmp_path / "tickle"
+    tickle.mkdir()
+    p = params("iptables", "unblock", tickle_dir=str(tickle))
+    with held_connections(host):
+        assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+        assert recorders(state_dir) != []
+        assert run_agent("portblock", "stop", p, ns=host, state=state_dir).rc == 0
+    assert established(host) == [], "a record made now would be empty"
+    at_stop = (tickle / VIP).read_text()
+    assert len(at_stop.splitlines()) == 1
+    time.sleep(RECORD_AFTER_START_S[-1] + 1)
+    assert (tickle / VIP).read_text() == at_stop
+    assert recorders(state_dir) == []
+
+
 def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_block_rule(host, state_dir):
     with held_connections(host) as (client,):
         p = params("iptables", "unblock", reset_local_on_unblock_stop="true", close_connections="false")

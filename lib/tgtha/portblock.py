@@ -8,6 +8,7 @@ back and checked -> for a TCP block, the connections on the port are closed.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from . import ocf_runtime as ocf
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
 
 PROMOTION_SCORE_PROMOTED = "10"
 PROMOTION_SCORE_UNPROMOTED = "5"
+
+# After an unblock's start its clients reconnect over the next seconds (open-iscsi
+# 2 s after its connection error, libiscsi at its next retry): recorded then, not
+# only at the next monitor (an interval later), they are tickled by the node that
+# takes the address over after a power-off soon after this start.
+RECORD_AFTER_START_S = (3.0, 7.0)
+# A stop waits this long at most for a record in progress (a hung shared
+# tickle_dir must not make a stop fail); past it, the stop goes on without.
+RECORD_LOCK_WAIT_S = 2.0
 
 
 def _mtime_ns(path: str) -> int | None:
@@ -269,13 +279,15 @@ class Portblock(ocf.Agent):
             self._sweep_other_backends()
             self._forget_time_wait()
             self._tickle_remote()
-        self._touch(self._state_file(action))
+        started = self._touch(self._state_file(action))
+        if action == "unblock":
+            self._record_connections_later(started)
         return ocf.SUCCESS
 
     def stop(self) -> int:
         action = self.configured_action
         if action == "unblock":
-            self._save_connections()
+            self._save_connections_at_stop()
             self._block(stopping_unblock=True)
         else:
             self._unblock()
@@ -458,12 +470,14 @@ class Portblock(ocf.Agent):
             ocf.log_warning(err.reason)
             sync_command = []
         try:
-            with open(state_file + ".new", "w") as out:
+            # Per process: a monitor and the start's delayed record may write at once.
+            temporary = f"{state_file}.{os.getpid()}.new"
+            with open(temporary, "w") as out:
                 out.write(lines)
                 out.flush()
                 if not sync_command:
                     os.fsync(out.fileno())  # shared dir: must be on disk before a failover
-            os.replace(state_file + ".new", state_file)
+            os.replace(temporary, state_file)
         except OSError as err:
             ocf.log_warning(f"cannot write {state_file}: {err}")
             return
@@ -477,6 +491,66 @@ class Portblock(ocf.Agent):
                                  start_new_session=True)
             except OSError as err:
                 ocf.log_warning(f"sync_script {sync_command[0]} could not run: {err}")
+
+    @property
+    def _recording_file(self) -> str:
+        """Names the start whose delayed records may still be written (its stamp)."""
+        return f"{self._state_base}_unblock_recording"
+
+    def _record_lock(self, wait_s: float):
+        from .mutex import FileMutex
+        return FileMutex(f"{self._state_base}_record.lock", min(self.deadline, time.monotonic() + wait_s))
+
+    def _record_connections_later(self, started: str) -> None:
+        """Leave a detached process that records the connections at each of
+        RECORD_AFTER_START_S, while this start's instance runs (``record_after_start``)."""
+        if not self.tickle_dir or self.protocol != "tcp":
+            return
+        from .proc import spawn_detached
+        with open(self._recording_file, "w") as recording:
+            recording.write(started)
+        lib_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (f"import sys; sys.path.insert(0, {lib_dir!r}); "
+                "from tgtha.portblock import record_after_start; record_after_start()")
+        argv = [sys.executable, "-IS", "-c", code, started, *map(str, RECORD_AFTER_START_S)]
+        null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            spawn_detached(argv, {0: null_fd, 1: null_fd, 2: null_fd})
+        except OSError as err:
+            ocf.log_warning(f"{self._describe()}: connections are recorded at the next monitor only"
+                            f" (cannot start the recorder: {err})")
+        finally:
+            os.close(null_fd)
+
+    def record_if_started(self, started: str) -> bool:
+        """One delayed record (in the recorder); False once the start that left it is
+        stopped or replaced: the stop's record of the connections must stay the last."""
+        with self._record_lock(RECORD_LOCK_WAIT_S):
+            try:
+                with open(self._recording_file) as recording:
+                    if recording.read().strip() != started:
+                        return False
+            except FileNotFoundError:
+                return False
+            self._save_connections()
+        return True
+
+    def _save_connections_at_stop(self) -> None:
+        """The stop's record: after any delayed record of the start, and ending them."""
+        if not self.tickle_dir:
+            return
+        try:
+            lock = self._record_lock(RECORD_LOCK_WAIT_S)
+            lock.__enter__()
+        except OCFError as err:
+            ocf.log_warning(f"{self._describe()}: recording without the record lock ({err.reason})")
+            lock = None
+        try:
+            self._remove(self._recording_file)
+            self._save_connections()
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
 
     def _forget_time_wait(self) -> None:
         """Before initiators are let in (and tickled): TIME-WAIT sockets this node
@@ -516,10 +590,13 @@ class Portblock(ocf.Agent):
         return f"{self.param('protocol')} port {self.param('portno')} on {self.param('ip')} ({self.param('direction')})"
 
     @staticmethod
-    def _touch(path: str) -> None:
+    def _touch(path: str) -> str:
+        """Write the state file; returns what it holds (the time, unique per start)."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        stamp = f"{time.time():.6f}"
         with open(path, "w") as state:
-            state.write(f"{time.time():.6f}\n")
+            state.write(stamp + "\n")
+        return stamp
 
     @staticmethod
     def _remove(path: str) -> None:
@@ -544,6 +621,22 @@ class Portblock(ocf.Agent):
         if not result.ok:
             raise OCFError(ERR_GENERIC, f"crm_attribute --promotion {' '.join(args)} failed:"
                                         f" {result.err.strip()}")
+
+
+def record_after_start() -> None:
+    """The process an unblock's start leaves (``Portblock._record_connections_later``):
+    argv is the start's stamp, then the delays in seconds from now."""
+    sys.argv[0] = "portblock"  # the name in its log lines
+    started, delays = sys.argv[1], [float(arg) for arg in sys.argv[2:]]
+    began = time.monotonic()
+    for delay in delays:
+        time.sleep(max(0.0, began + delay - time.monotonic()))
+        try:
+            if not Portblock("record").record_if_started(started):
+                return
+        except OCFError as err:
+            ocf.log_warning(f"delayed record of the connections: {err.reason}")
+            return
 
 
 def main() -> None:
