@@ -71,12 +71,12 @@ def measure(agent: Path, params: dict[str, str], runs: int) -> dict[str, float]:
         env = env_for(state, params)
         result = {}
         result["meta-data"] = median_ms([timed(agent, "meta-data", env)[0] for _ in range(runs)])
-        pairs = []
+        starts, stops = [], []
         for _ in range(runs):
-            start, _ = timed(agent, "start", env)
-            stop, _ = timed(agent, "stop", env)
-            pairs.append(start + stop)
-        result["start+stop"] = median_ms(pairs)
+            starts.append(timed(agent, "start", env)[0])
+            stops.append(timed(agent, "stop", env)[0])
+        result["start"], result["stop"] = median_ms(starts), median_ms(stops)
+        result["start+stop"] = median_ms([start + stop for start, stop in zip(starts, stops)])
         timed(agent, "start", env)
         monitors = [timed(agent, "monitor", env) for _ in range(runs)]
         result["monitor"] = median_ms([ms for ms, _ in monitors])
@@ -92,14 +92,32 @@ def compare(title: str, agent: str, cases, runs: int) -> None:
     for name, stock_params, our_params in cases:
         CPU_MS.clear()
         stock = measure(STOCK / agent, stock_params, runs)
+        stock_left = rules_left_and_flushed() if agent == "portblock" else 0
         ours = measure(OURS / agent, our_params, runs)
-        for op in ("monitor", "start+stop", "meta-data"):
+        ours_left = rules_left_and_flushed() if agent == "portblock" else 0
+        for op in ("monitor", "start", "stop", "start+stop", "meta-data"):
             actions = ("start", "stop") if op == "start+stop" else (op,)
             print(f"{name:40.40} {op:11} {stock[op]:8.1f} {ours[op]:8.1f} {ours[op] / stock[op]:6.2f}"
                   f" {cpu_ms(STOCK / agent, *actions):10.1f} {cpu_ms(OURS / agent, *actions):8.1f}")
         MONITOR_CPU_MS.setdefault(agent, (cpu_ms(STOCK / agent, "monitor"), cpu_ms(OURS / agent, "monitor")))
+        if stock_left or ours_left:
+            # A block's stop removes its rule, an unblock's stop leaves one: more
+            # than that is a start or stop that did not do what it says.
+            print(f"{'':40} note: firewall rules left after the runs (the last one ends with a stop):"
+                  f" stock {stock_left}, tgtha {ours_left}")
         if stock["monitor rc"] != ours["monitor rc"]:
             print(f"{'':40} note: monitor rc stock={stock['monitor rc']} tgtha={ours['monitor rc']}")
+
+
+def rules_left_and_flushed() -> int:
+    """Rules in the bench namespace's filter tables (nft and legacy), then none."""
+    left = 0
+    for program in ("iptables-nft", "iptables-legacy"):
+        listing = subprocess.run(["ip", "netns", "exec", NS, f"{program}-save", "-t", "filter"],
+                                 capture_output=True, text=True).stdout
+        left += sum(1 for line in listing.splitlines() if line.startswith("-A "))
+        subprocess.run(["ip", "netns", "exec", NS, program, "-F"], capture_output=True)
+    return left
 
 
 def portblock_cases():
