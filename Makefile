@@ -23,7 +23,7 @@ DEBIAN_PACKAGES = tgt libiscsi-bin iptables nftables iproute2 procps resource-ag
                   python3 python3-lxml python3-filelock python3-iptables python3-pytest libxml2-utils \
                   hyperfine qemu-utils qemu-block-extra iputils-ping strace \
                   qemu-system-x86 linux-image-amd64 open-iscsi busybox-static xfsprogs kmod cpio gcc libc6-dev \
-                  udev dmsetup debhelper lintian
+                  udev dmsetup debhelper lintian e2fsprogs
 
 .PHONY: all deps test install uninstall bench clean lab man cts deb
 

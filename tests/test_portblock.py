@@ -358,6 +358,62 @@ def test_a_stop_soon_after_the_start_keeps_the_last_record_its_own(host, state_d
     assert recorders(state_dir) == []
 
 
+@contextmanager
+def frozen_filesystem(tmp_path):
+    """A real ext4 (on a loop device) that ``freeze()`` makes hang every write, as a
+    shared tickle_dir does when its NFS server is away: the writer sleeps
+    uninterruptibly (even SIGKILL waits) until ``thaw()``."""
+    image, mountpoint = tmp_path / "tickle.img", tmp_path / "tickle"
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    frozen = []
+
+    def freeze():
+        subprocess.run(["fsfreeze", "-f", str(mountpoint)], check=True)
+        frozen.append(True)
+
+    def thaw():
+        if frozen:
+            subprocess.run(["fsfreeze", "-u", str(mountpoint)], check=True)
+            frozen.clear()
+    try:
+        yield mountpoint, freeze, thaw
+    finally:
+        thaw()
+        time.sleep(0.5)   # writers left hanging finish now
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_hung_tickle_dir_never_holds_up_a_monitor_or_a_stop_and_the_stop_still_blocks(host, state_dir, tmp_path):
+    """A failed or timed-out stop fences the node: a hung shared filesystem is
+    no reason for either. The record is written when the filesystem comes back."""
+    with frozen_filesystem(tmp_path) as (tickle, freeze, thaw):
+        p = params("iptables", "unblock", tickle_dir=str(tickle))
+        assert run_agent("portblock", "start", p, ns=host, state=state_dir).rc == 0
+        with held_connections(host):
+            freeze()
+            # Negative control: the frozen filesystem does hang a plain write.
+            plain = subprocess.Popen(["sh", "-c", f"echo x > {tickle}/probe"])
+            with pytest.raises(subprocess.TimeoutExpired):
+                plain.wait(timeout=1.5)
+            began = time.monotonic()
+            monitor = run_agent("portblock", "monitor", p, ns=host, state=state_dir,
+                                meta={"interval": "10000"}, timeout=15)
+            stop = run_agent("portblock", "stop", p, ns=host, state=state_dir, timeout=15)
+            took = time.monotonic() - began
+            assert monitor.rc == 0 and stop.rc == 0, (monitor, stop)
+            assert took < 9, f"monitor + stop took {took:.1f} s on a hung tickle_dir"
+            assert "did not finish" in stop.stderr
+            assert len(tagged_rules(host)) == 1 and not can_connect(host), "the stop blocked all the same"
+            thaw()
+            plain.wait(timeout=5)
+        time.sleep(0.5)
+        recorded = (tickle / VIP).read_text().splitlines()
+        assert len(recorded) == 1, "the stop's record was written once the filesystem came back"
+
+
 def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_block_rule(host, state_dir):
     with held_connections(host) as (client,):
         p = params("iptables", "unblock", reset_local_on_unblock_stop="true", close_connections="false")

@@ -462,33 +462,28 @@ class Portblock(ocf.Agent):
             ocf.log_warning(f"cannot list connections for tickle_dir: {err}")
             return
         lines = "".join(f"{s.local_text}\t{s.remote_text}\n" for s in established)
-        state_file = os.path.join(self.tickle_dir, self.network.address)
         try:
             sync_command = self.sync_command
         except OCFError as err:
             # Checked at start; if it broke since, the record stays local.
             ocf.log_warning(err.reason)
             sync_command = []
-        try:
-            # Per process: a monitor and the start's delayed record may write at once.
-            temporary = f"{state_file}.{os.getpid()}.new"
-            with open(temporary, "w") as out:
-                out.write(lines)
-                out.flush()
-                if not sync_command:
-                    os.fsync(out.fileno())  # shared dir: must be on disk before a failover
-            os.replace(temporary, state_file)
-        except OSError as err:
-            ocf.log_warning(f"cannot write {state_file}: {err}")
+        from .tickle import RECORD_WRITE_WAIT_S, write_record
+        # Synced unless a sync_script copies it: a shared dir must have it on disk before a failover.
+        problem = write_record(self.tickle_dir, self.network.address, lines, durable=not sync_command,
+                               wait_s=min(RECORD_WRITE_WAIT_S, self.seconds_left()))
+        if problem:
+            ocf.log_warning(problem)
             return
         if sync_command:
             # Detached: a script that hangs or fails costs this action nothing;
             # the firewall alone decides the outcome (a stop must block even so).
-            import subprocess
+            from .proc import find_binary, spawn_detached
+            argv = [find_binary(sync_command[0]) or sync_command[0], *sync_command[1:],
+                    os.path.join(self.tickle_dir, self.network.address)]
             try:
-                subprocess.Popen([*sync_command, state_file], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
+                with open(os.devnull, "r+b") as null:
+                    spawn_detached(argv, {0: null.fileno(), 1: null.fileno(), 2: null.fileno()})
             except OSError as err:
                 ocf.log_warning(f"sync_script {sync_command[0]} could not run: {err}")
 

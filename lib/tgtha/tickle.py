@@ -20,6 +20,10 @@ import os
 from . import ocf_runtime as ocf
 
 TICKLE_AGAIN_AFTER_S = 0.6
+# How long an action waits for its record to be written: a tickle_dir on shared
+# storage that hangs (an NFS server away, a frozen filesystem) must not hold a
+# stop or a monitor past its timeout; the record is worth less than the node.
+RECORD_WRITE_WAIT_S = 2.0
 
 
 def tickle_tcp() -> str:
@@ -81,3 +85,37 @@ def tickle_later(data: bytes, delays_s: tuple[float, ...] = (TICKLE_AGAIN_AFTER_
                                (os.POSIX_SPAWN_DUP2, null.fileno(), 2)])
     except OSError as err:
         ocf.log_warning(f"tickle: cannot tickle again: {err}")
+
+
+def write_record(tickle_dir: str, address: str, text: str, durable: bool, wait_s: float) -> str | None:
+    """Replace the record of ``address`` with ``text``; None when done, else why not.
+
+    A child process writes it (``durable``: synced to disk first) and is waited
+    for at most ``wait_s``: on a hung filesystem it sleeps uninterruptibly, where
+    even a kill waits for it, and is left to finish when the filesystem comes back.
+    """
+    import select
+
+    from .proc import spawn_detached
+    final = os.path.join(tickle_dir, address)
+    temporary = f"{final}.{os.getpid()}.new"    # a monitor and a delayed record may write at once
+    script = f'dd of="$1" status=none{" conv=fsync" if durable else ""} && mv -f "$1" "$2"'
+    try:
+        with open(os.memfd_create("record"), "w+b") as data, open(os.devnull, "wb") as null:
+            data.write(text.encode())
+            data.flush()
+            data.seek(0)
+            writer = spawn_detached(["/bin/sh", "-c", script, "sh", temporary, final],
+                                    {0: data.fileno(), 1: null.fileno(), 2: null.fileno()})
+        pidfd = os.pidfd_open(writer)
+    except OSError as err:
+        return f"cannot write {final}: {err}"
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(int(wait_s * 1000)):
+            return f"writing {final} did not finish in {wait_s:.1f} s (the filesystem hangs?); left to finish"
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(writer, 0)
+    return None if status == 0 else f"cannot write {final} (rc {os.waitstatus_to_exitcode(status)})"
