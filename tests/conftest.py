@@ -105,6 +105,28 @@ def state_dir(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def unanswered_filesystem(tmp_path):
+    """A directory whose server never answers, as a shared tickle_dir whose NFS
+    server is away: a FUSE mount nobody serves. Every access to it (stat, open,
+    read, write) waits; a killed process is let go. Unmounted (the waiters fail)
+    at the end."""
+    import ctypes
+    mountpoint = tmp_path / "unanswered"
+    mountpoint.mkdir()
+    device = os.open("/dev/fuse", os.O_RDWR)
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"fd={device},rootmode=40000,user_id=0,group_id=0".encode()
+    if libc.mount(b"tgtha-test", str(mountpoint).encode(), b"fuse", 0, options) != 0:
+        os.close(device)
+        pytest.skip(f"cannot mount FUSE: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield mountpoint
+    finally:
+        libc.umount2(str(mountpoint).encode(), 2)   # MNT_DETACH
+        os.close(device)                            # the connection ends: every waiter fails
+
+
 class AgentRun:
     """One agent action, run the way pacemaker-execd runs it."""
 

@@ -192,3 +192,15 @@ def test_monitor_runs_no_process(link, state_dir, tmp_path):
     # the agent itself: its sh front, then the Python it hands over to
     assert len(execs) == 2 and '"/usr/bin/python3", "-IS"' in execs[1], execs
 
+
+
+def test_a_tickle_dir_that_never_answers_costs_the_start_a_second_or_two_and_the_address_comes_up(
+        link, state_dir, unanswered_filesystem):
+    p = vip(link, tickle_dir=str(unanswered_filesystem))
+    began = time.monotonic()
+    start = run_agent("IPaddr2", "start", p, ns=link.node, state=state_dir, timeout=15)
+    took = time.monotonic() - began
+    assert start.rc == 0 and took < 4, (took, start)
+    assert "does not answer" in start.stderr and "no tickles" in start.stderr
+    assert link.peer_reaches(VIP)
+    assert run_agent("IPaddr2", "stop", p, ns=link.node, state=state_dir).rc == 0

@@ -414,6 +414,30 @@ def test_a_hung_tickle_dir_never_holds_up_a_monitor_or_a_stop_and_the_stop_still
         assert len(recorded) == 1, "the stop's record was written once the filesystem came back"
 
 
+def test_a_tickle_dir_that_never_answers_costs_a_start_monitor_or_stop_seconds_at_most(
+        host, state_dir, unanswered_filesystem):
+    """Reads hang too on shared storage whose server is away (the frozen ext4
+    above hangs writes only): the unblock's start checks the directory and reads
+    the old node's record, monitor and stop write one."""
+    p = params("iptables", "unblock", tickle_dir=str(unanswered_filesystem))
+    # Negative control: a plain look at the directory hangs.
+    look = subprocess.Popen(["stat", str(unanswered_filesystem)], stdout=subprocess.DEVNULL)
+    with pytest.raises(subprocess.TimeoutExpired):
+        look.wait(timeout=1.5)
+    look.kill()
+    assert run_agent("portblock", "start", params("iptables", "block"), ns=host, state=state_dir,
+                     instance="pb-block").rc == 0
+    for action, bound_s in (("start", 4), ("monitor", 4), ("stop", 4)):
+        began = time.monotonic()
+        result = run_agent("portblock", action, p, ns=host, state=state_dir, instance="pb-unblock",
+                           meta={"interval": "10000"} if action == "monitor" else None, timeout=15)
+        took = time.monotonic() - began
+        assert result.rc == 0 and took < bound_s, (action, took, result)
+        assert "tickle_dir" in result.stderr or "did not finish" in result.stderr, result.stderr
+        assert bool(tagged_rules(host)) == (action == "stop"), f"after {action}"
+    look.wait(timeout=5)
+
+
 def test_reset_local_on_unblock_stop_resets_connections_and_leaves_only_the_block_rule(host, state_dir):
     with held_connections(host) as (client,):
         p = params("iptables", "unblock", reset_local_on_unblock_stop="true", close_connections="false")

@@ -230,11 +230,13 @@ class IPaddr2(ocf.Agent):
 
     @property
     def tickle_dir(self) -> str:
-        value = self.param("tickle_dir")
-        if not value:
-            return ""
-        from .tickle import checked_tickle_dir
-        return checked_tickle_dir(value)
+        if not hasattr(self, "_tickle_dir"):     # checked once: the check runs a process
+            value = self.param("tickle_dir")
+            if value:
+                from .tickle import checked_tickle_dir
+                value = checked_tickle_dir(value)
+            self._tickle_dir = value
+        return self._tickle_dir
 
     # ------------------------------------------------------------ helpers
 

@@ -111,6 +111,34 @@ def spawn_detached(argv: list[str], fds: dict[int, int]) -> int:
                           file_actions=[(os.POSIX_SPAWN_DUP2, ours, theirs) for theirs, ours in fds.items()])
 
 
+def run_bounded(argv: list[str], wait_s: float, stdin: bytes = b"") -> tuple[int, bytes] | None:
+    """Run ``argv`` (an absolute path) on ``stdin``: (its exit code, its output), or
+    None when it has not ended within ``wait_s``.
+
+    For commands on storage that may hang (a shared filesystem whose server is
+    away): a process asleep uninterruptibly can be neither killed nor waited for,
+    so it is left, in a session of its own and holding none of our pipes, to end
+    when its storage answers. Its output goes to a memfd, not a pipe, for that.
+    """
+    with open(os.memfd_create("stdin"), "w+b") as given, open(os.memfd_create("stdout"), "w+b") as out, \
+            open(os.devnull, "wb") as null:
+        given.write(stdin)
+        given.flush()
+        given.seek(0)
+        pid = spawn_detached(argv, {0: given.fileno(), 1: out.fileno(), 2: null.fileno()})
+        pidfd = os.pidfd_open(pid)
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            if not poller.poll(max(0, int(wait_s * 1000))):
+                return None
+        finally:
+            os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read()
+
+
 def split_words(value: str) -> list[str]:
     """``value`` split as a shell would (shlex.split; ValueError if unparsable).
     Plain words skip shlex: importing it (with re and enum) cost more CPU than

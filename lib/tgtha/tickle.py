@@ -24,6 +24,8 @@ TICKLE_AGAIN_AFTER_S = 0.6
 # storage that hangs (an NFS server away, a frozen filesystem) must not hold a
 # stop or a monitor past its timeout; the record is worth less than the node.
 RECORD_WRITE_WAIT_S = 2.0
+# A read is on a start's path (the failover's): a hung record costs it this much at most.
+RECORD_READ_WAIT_S = 1.0
 
 
 def tickle_tcp() -> str:
@@ -32,21 +34,38 @@ def tickle_tcp() -> str:
 
 def checked_tickle_dir(value: str) -> str:
     """``value`` as a tickle_dir parameter: an absolute path to an existing directory
-    (6 otherwise, 5 when it is missing on this node)."""
+    (6 otherwise, 5 when it is missing on this node). One that does not answer
+    (hung storage) is taken as it is, with a warning: tickles are worth less than
+    the start."""
+    from .proc import run_bounded
     if not os.path.isabs(value):
         raise ocf.OCFError(ocf.ERR_CONFIGURED, f"tickle_dir={value!r} must be an absolute path")
-    if not os.path.isdir(value):
+    try:
+        result = run_bounded(["/usr/bin/test", "-d", value], RECORD_READ_WAIT_S)
+    except OSError as err:
+        ocf.log_warning(f"cannot check tickle_dir {value}: {err}")
+        return value
+    if result is None:
+        ocf.log_warning(f"tickle_dir {value} does not answer within {RECORD_READ_WAIT_S:.0f} s: going on without it")
+    elif result[0] != 0:
         raise ocf.OCFError(ocf.ERR_INSTALLED, f"tickle_dir {value} does not exist")
     return value
 
 
 def recorded_connections(tickle_dir: str, address: str) -> bytes:
-    """The connections recorded for ``address`` (b"" when there is no record)."""
+    """The connections recorded for ``address`` (b"" when there is no record, or it
+    cannot be read within RECORD_READ_WAIT_S)."""
+    from .proc import run_bounded
+    path = os.path.join(tickle_dir, address)
     try:
-        with open(os.path.join(tickle_dir, address), "rb") as record:
-            return record.read()
-    except OSError:
+        result = run_bounded(["/bin/cat", path], RECORD_READ_WAIT_S)
+    except OSError as err:
+        ocf.log_warning(f"cannot read {path}: {err}")
         return b""
+    if result is None:
+        ocf.log_warning(f"reading {path} did not finish in {RECORD_READ_WAIT_S:.0f} s: no tickles")
+        return b""
+    return result[1] if result[0] == 0 else b""
 
 
 def tickle_now(data: bytes, deadline: float) -> bool:
@@ -90,32 +109,17 @@ def tickle_later(data: bytes, delays_s: tuple[float, ...] = (TICKLE_AGAIN_AFTER_
 def write_record(tickle_dir: str, address: str, text: str, durable: bool, wait_s: float) -> str | None:
     """Replace the record of ``address`` with ``text``; None when done, else why not.
 
-    A child process writes it (``durable``: synced to disk first) and is waited
-    for at most ``wait_s``: on a hung filesystem it sleeps uninterruptibly, where
-    even a kill waits for it, and is left to finish when the filesystem comes back.
+    A child process writes it (``durable``: synced to disk first), waited for at
+    most ``wait_s`` (``proc.run_bounded``).
     """
-    import select
-
-    from .proc import spawn_detached
+    from .proc import run_bounded
     final = os.path.join(tickle_dir, address)
     temporary = f"{final}.{os.getpid()}.new"    # a monitor and a delayed record may write at once
     script = f'dd of="$1" status=none{" conv=fsync" if durable else ""} && mv -f "$1" "$2"'
     try:
-        with open(os.memfd_create("record"), "w+b") as data, open(os.devnull, "wb") as null:
-            data.write(text.encode())
-            data.flush()
-            data.seek(0)
-            writer = spawn_detached(["/bin/sh", "-c", script, "sh", temporary, final],
-                                    {0: data.fileno(), 1: null.fileno(), 2: null.fileno()})
-        pidfd = os.pidfd_open(writer)
+        result = run_bounded(["/bin/sh", "-c", script, "sh", temporary, final], wait_s, stdin=text.encode())
     except OSError as err:
         return f"cannot write {final}: {err}"
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if not poller.poll(int(wait_s * 1000)):
-            return f"writing {final} did not finish in {wait_s:.1f} s (the filesystem hangs?); left to finish"
-    finally:
-        os.close(pidfd)
-    _, status = os.waitpid(writer, 0)
-    return None if status == 0 else f"cannot write {final} (rc {os.waitstatus_to_exitcode(status)})"
+    if result is None:
+        return f"writing {final} did not finish in {wait_s:.1f} s (the filesystem hangs?); left to finish"
+    return None if result[0] == 0 else f"cannot write {final} (rc {result[0]})"
