@@ -114,27 +114,21 @@ def _messages(data: bytes):
         offset += (length + 3) & ~3
 
 
-def _dump_both_families(sock, states: int) -> list[TcpSocket]:
-    """Every TCP socket in ``states``, IPv4 and IPv6, from one walk of the kernel's
-    table. The old TCPDIAG_GETSOCK request asks for no family (the kernel's
-    inet_diag_dump_compat); a SOCK_DIAG_BY_FAMILY dump per family walks the whole
-    established hash twice (262,144 buckets here: ~2 ms a walk, on a failover's
-    path at every block, unblock and record)."""
-    empty_id = _struct.pack(_SOCKID, 0, 0, b"", b"") + _struct.pack(_SOCKID_TAIL, 0, b"")
-    payload = _struct.pack(_REQ_V1_HEAD, _socket.AF_INET, 0, 0, 0) + empty_id + _struct.pack("=II", states, 0)
-    header = _struct.pack(_NLMSGHDR, _struct.calcsize(_NLMSGHDR) + len(payload), TCPDIAG_GETSOCK,
+def _dump(sock, msg_type: int, payload: bytes) -> list[TcpSocket]:
+    """Send one dump request, read every socket it answers with."""
+    header = _struct.pack(_NLMSGHDR, _struct.calcsize(_NLMSGHDR) + len(payload), msg_type,
                           NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     sock.send(header + payload)
     found = []
     id_len = _struct.calcsize(_SOCKID) + _struct.calcsize(_SOCKID_TAIL)
     while True:
-        for msg_type, body in _messages(sock.recv(1 << 16)):
-            if msg_type == NLMSG_DONE:
+        for reply_type, body in _messages(sock.recv(1 << 16)):
+            if reply_type == NLMSG_DONE:
                 return found
-            if msg_type == NLMSG_ERROR:
-                errno = -_struct.unpack_from("=i", body)[0]
-                raise OSError(errno, f"sock_diag dump: {os.strerror(errno)}")
-            if msg_type != TCPDIAG_GETSOCK:
+            if reply_type == NLMSG_ERROR:
+                code = -_struct.unpack_from("=i", body)[0]
+                raise OSError(code, f"sock_diag dump: {os.strerror(code)}")
+            if reply_type != msg_type:
                 continue
             fam, state, _timer, _retrans = _struct.unpack_from(_DIAG_MSG_HEAD, body)
             addr_len = 4 if fam == _socket.AF_INET else 16
@@ -145,13 +139,37 @@ def _dump_both_families(sock, states: int) -> list[TcpSocket]:
                                    dport, wqueue, sockid))
 
 
+_EMPTY_ID = _struct.pack(_SOCKID, 0, 0, b"", b"") + _struct.pack(_SOCKID_TAIL, 0, b"")
+
+
+def _dump_both_families(sock, states: int) -> list[TcpSocket]:
+    """Every TCP socket in ``states``, IPv4 and IPv6, from one walk of the kernel's
+    table: the old TCPDIAG_GETSOCK request asks for no family (the kernel's
+    inet_diag_dump_compat). A dump per family walks the whole established hash
+    twice (262,144 buckets here: ~2 ms a walk, on a failover's path at every
+    block, unblock and record)."""
+    payload = _struct.pack(_REQ_V1_HEAD, _socket.AF_INET, 0, 0, 0) + _EMPTY_ID + _struct.pack("=II", states, 0)
+    return _dump(sock, TCPDIAG_GETSOCK, payload)
+
+
+def _dump_each_family(sock, states: int) -> list[TcpSocket]:
+    """The same, one SOCK_DIAG_BY_FAMILY dump per family (a kernel without the old request)."""
+    return [found for family in (_socket.AF_INET, _socket.AF_INET6)
+            for found in _dump(sock, SOCK_DIAG_BY_FAMILY, _request(family, states, _EMPTY_ID))]
+
+
 def list_sockets(network: Network, ports: PortSet, states: int = CONNECTED_STATES,
                  peers: list[Network] | None = None) -> list[TcpSocket]:
     """Local TCP sockets in ``states`` whose local end is in ``network`` and
     ``ports`` (and, given ``peers``, whose remote end is in one of them)."""
     sock = _netlink_socket()
     try:
-        candidates = _dump_both_families(sock, states)
+        try:
+            candidates = _dump_both_families(sock, states)
+        except OSError as err:
+            if err.errno not in (22, 95, 2):    # EINVAL, EOPNOTSUPP, ENOENT: no such request here
+                raise
+            candidates = _dump_each_family(sock, states)
     finally:
         sock.close()
     return [s for s in candidates
