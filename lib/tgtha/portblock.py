@@ -501,16 +501,14 @@ class Portblock(ocf.Agent):
         RECORD_AFTER_START_S, while this start's instance runs (``record_after_start``)."""
         if not self.tickle_dir or self.protocol != "tcp":
             return
-        from .proc import spawn_detached
+        from .proc import python_call, spawn_detached
         with open(self._recording_file, "w") as recording:
             recording.write(started)
-        lib_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = (f"import sys; sys.path.insert(0, {lib_dir!r}); "
-                "from tgtha.portblock import record_after_start; record_after_start()")
         # sh sleeps first: Python's start (~15 ms of CPU) comes after the failover, not in it.
         first, *later = RECORD_AFTER_START_S
         argv = ["/bin/sh", "-c", 'sleep "$1"; shift; exec "$@"', "sh", str(first),
-                sys.executable, "-IS", "-c", code, started, "0", *(str(d - first) for d in later)]
+                *python_call("tgtha.portblock", "record_after_start"), started, "0",
+                *(str(d - first) for d in later)]
         null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
             spawn_detached(argv, {0: null_fd, 1: null_fd, 2: null_fd})

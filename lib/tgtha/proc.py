@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 import time
 
 from .ocf_runtime import ERR_GENERIC, ERR_INSTALLED, OCFError
@@ -109,6 +110,15 @@ def spawn_detached(argv: list[str], fds: dict[int, int]) -> int:
                 pass
     return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, setsigmask=(),
                           file_actions=[(os.POSIX_SPAWN_DUP2, ours, theirs) for theirs, ours in fds.items()])
+
+
+def python_call(module: str, function: str) -> list[str]:
+    """The argv that runs ``function()`` of ``module`` (of this package) in an
+    interpreter of its own, started as the agents are (-I -S), from wherever the
+    package is installed; the caller appends the arguments it reads from sys.argv."""
+    lib_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {lib_dir!r}); from {module} import {function}; {function}()"
+    return [sys.executable, "-IS", "-c", code]
 
 
 def run_bounded(argv: list[str], wait_s: float, stdin: bytes = b"") -> tuple[int, bytes] | None:

@@ -55,16 +55,14 @@ def watching(control_port: int) -> tuple[int, int] | None:
 
 def spawn(control_port: int, tgtd_pid: int, resource: str, node: str) -> None:
     """Start a watcher for ``tgtd_pid`` (replacing any older one of this port)."""
-    from .proc import spawn_detached     # not on the monitor's path, which only reads the pid file
+    from .proc import python_call, spawn_detached     # not on the monitor's path, which only reads the pid file
     end(control_port)
     os.makedirs(state_dir(), exist_ok=True)
     try:
         pidfd = os.pidfd_open(tgtd_pid)
     except ProcessLookupError:
         return  # already gone: the start's caller finds out, or the next monitor does
-    lib_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = f"import sys; sys.path.insert(0, {lib_dir!r}); from {MARKER} import main; main()"
-    argv = [sys.executable, "-IS", "-c", code, str(tgtd_pid), resource, node]
+    argv = [*python_call(MARKER, "main"), str(tgtd_pid), resource, node]
     null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         watcher = spawn_detached(argv, {0: null_fd, 1: null_fd, 2: null_fd, PIDFD: pidfd})
